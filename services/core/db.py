@@ -1,0 +1,64 @@
+"""Connection pools. Opened in a lifespan (services) or at worker boot, never at import."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
+
+# The database roles of db/migrations/0005_roles_and_rls.sql.
+QUERY_ROLE = "chat_query"
+PROJECTOR_ROLE = "chat_projector"
+
+SET_ROLE = "SET ROLE {}"  # the role names are the constants above, never input
+SET_USER = "SELECT set_config('app.user_id', %s, true)"
+
+
+def _set_role_sync(role: str | None):  # type: ignore[no-untyped-def]
+    def configure(conn: psycopg.Connection[Any]) -> None:
+        if role:
+            conn.execute(SET_ROLE.format(role))
+        conn.commit()
+
+    return configure
+
+
+def _set_role_async(role: str | None):  # type: ignore[no-untyped-def]
+    async def configure(conn: psycopg.AsyncConnection[Any]) -> None:
+        if role:
+            await conn.execute(SET_ROLE.format(role))
+        await conn.commit()
+
+    return configure
+
+
+async def open_async_pool(
+    url: str, *, role: str | None = None, min_size: int = 2, max_size: int = 10
+) -> AsyncConnectionPool:
+    """A pool whose connections act as `role` (SET ROLE at connect) when one is given."""
+    pool = AsyncConnectionPool(
+        url,
+        min_size=min_size,
+        max_size=max_size,
+        open=False,
+        configure=_set_role_async(role),
+        kwargs={"autocommit": False},
+    )
+    await pool.open(wait=True, timeout=30)
+    return pool
+
+
+def open_pool(
+    url: str, *, role: str | None = None, min_size: int = 1, max_size: int = 4
+) -> ConnectionPool:
+    pool = ConnectionPool(
+        url,
+        min_size=min_size,
+        max_size=max_size,
+        open=False,
+        configure=_set_role_sync(role),
+        kwargs={"autocommit": False},
+    )
+    pool.open(wait=True, timeout=30)
+    return pool

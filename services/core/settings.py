@@ -1,0 +1,52 @@
+"""Settings from the environment. Read once by each entry point, passed down explicitly."""
+
+from __future__ import annotations
+
+import os
+
+import msgspec
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/chat"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    # Every Redis key this deployment writes starts with this (tests use one per run).
+    redis_prefix: str = "chat:"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    command_port: int = 8001
+    query_port: int = 8002
+    # Resource limits, part of the API contract.
+    max_message_chars: int = 32_000
+    max_body_bytes: int = 256 * 1024
+    max_streams_per_user: int = 8
+    # Projection
+    projector_batch_size: int = 500
+    projector_sweep_seconds: float = 0.25
+    projector_max_attempts: int = 3
+    # Live reply streams (Redis Streams per session)
+    live_stream_maxlen: int = 10_000
+    live_stream_ttl_seconds: int = 3600
+    sse_heartbeat_seconds: float = 15.0
+    min_position_wait_seconds: float = 5.0
+    # The assistant
+    llm_provider: str = "offline"
+    llm_base_url: str = ""
+    llm_model: str = "offline-echo-1"
+    llm_api_key: str = ""
+    llm_timeout_seconds: float = 60.0
+    llm_context_messages: int = 40
+    log_level: str = "INFO"
+    log_json: bool = True
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides: object) -> Settings:
+        """Each field reads the upper-cased variable of its name (DATABASE_URL, ...)."""
+        env = os.environ if environ is None else environ
+        raw: dict[str, object] = {}
+        for field in msgspec.structs.fields(cls):
+            value = env.get(field.name.upper())
+            if value is not None and value != "":
+                raw[field.name] = value
+        raw.update(overrides)
+        return msgspec.convert(raw, cls, strict=False)

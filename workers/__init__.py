@@ -1,0 +1,1 @@
+"""Dramatiq workers: the projector, the assistant and (later) the analytics publisher."""

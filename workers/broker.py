@@ -1,0 +1,46 @@
+"""The one broker module: the Redis broker from settings, and the messages we send.
+
+Messages carry ids, never objects, and a projector message is only a nudge ("there is
+news"): the projector reads the event store from its own checkpoint, so a lost, duplicated or
+reordered nudge never loses or doubles anything. Senders enqueue by actor name, so the
+command service needs no actor code to send.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import dramatiq
+from dramatiq.brokers.redis import RedisBroker
+
+from services.core.settings import Settings
+
+PROJECTOR_QUEUE = "projector"
+ASSISTANT_QUEUE = "assistant"
+PROJECT_ACTOR = "project_events"
+ASSISTANT_ACTOR = "assistant_reply"
+
+
+def make_broker(settings: Settings) -> RedisBroker:
+    """A Redis broker whose keys live under the deployment's prefix."""
+    broker = RedisBroker(url=settings.redis_url, namespace=f"{settings.redis_prefix}dramatiq")
+    broker.declare_queue(PROJECTOR_QUEUE)
+    broker.declare_queue(ASSISTANT_QUEUE)
+    return broker
+
+
+def nudge_projector(broker: dramatiq.Broker) -> None:
+    broker.enqueue(dramatiq.Message(
+        queue_name=PROJECTOR_QUEUE, actor_name=PROJECT_ACTOR, args=(), kwargs={}, options={},
+    ))
+
+
+def request_reply(broker: dramatiq.Broker, session_id: uuid.UUID, message_id: uuid.UUID) -> None:
+    """Asks the assistant to answer user message `message_id` in `session_id`."""
+    broker.enqueue(dramatiq.Message(
+        queue_name=ASSISTANT_QUEUE,
+        actor_name=ASSISTANT_ACTOR,
+        args=(str(session_id), str(message_id)),
+        kwargs={},
+        options={},
+    ))
