@@ -12,6 +12,7 @@ QUERY_ROLE = "chat_query"
 PROJECTOR_ROLE = "chat_projector"
 
 SET_ROLE = "SET ROLE {}"  # the role names are the constants above, never input
+SET_LOCAL_ROLE = "SET LOCAL ROLE {}"
 SET_USER = "SELECT set_config('app.user_id', %s, true)"
 
 

@@ -16,6 +16,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     port: int = 8000
     command_port: int = 8001
     query_port: int = 8002
+    # Where the gateway finds the services (default: loopback on the ports above).
+    command_url: str = ""
+    query_url: str = ""
     # Resource limits, part of the API contract.
     max_message_chars: int = 32_000
     max_body_bytes: int = 256 * 1024
@@ -49,4 +52,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             if value is not None and value != "":
                 raw[field.name] = value
         raw.update(overrides)
-        return msgspec.convert(raw, cls, strict=False)
+        settings = msgspec.convert(raw, cls, strict=False)
+        return msgspec.structs.replace(
+            settings,
+            command_url=settings.command_url or f"http://127.0.0.1:{settings.command_port}",
+            query_url=settings.query_url or f"http://127.0.0.1:{settings.query_port}",
+        )

@@ -1,0 +1,1 @@
+"""The gateway: one origin for the whole API."""

@@ -1,0 +1,56 @@
+"""The worker process: Dramatiq worker threads plus the projector's periodic sweep."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import dramatiq
+import structlog
+
+from services.core.settings import Settings
+from workers.actors import declare_actors, project_pending
+from workers.runtime import WorkerRuntime
+
+log = structlog.get_logger("worker")
+
+
+def _sweep(runtime: WorkerRuntime, stop: threading.Event) -> None:
+    """Covers a nudge lost between commit and enqueue: the projector runs at least this often."""
+    while not stop.wait(runtime.settings.projector_sweep_seconds):
+        try:
+            project_pending(runtime)
+        except Exception:  # keep sweeping: the database may be back next time
+            log.exception("sweep_failed")
+
+
+@contextmanager
+def running_worker(settings: Settings, threads: int = 4) -> Iterator[WorkerRuntime]:
+    """Starts the worker threads and the sweep; stops both on exit."""
+    runtime = WorkerRuntime.open(settings)
+    declare_actors(runtime)
+    worker = dramatiq.Worker(runtime.broker, worker_threads=threads, worker_timeout=100)
+    stop = threading.Event()
+    sweeper = threading.Thread(target=_sweep, args=(runtime, stop), name="sweep", daemon=True)
+    worker.start()
+    sweeper.start()
+    log.info("worker_started", threads=threads)
+    try:
+        yield runtime
+    finally:
+        stop.set()
+        worker.stop()
+        sweeper.join(timeout=10)
+        runtime.close()
+        log.info("worker_stopped")
+
+
+def run_worker(settings: Settings, threads: int = 4) -> None:
+    """Blocks until SIGINT or SIGTERM."""
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    with running_worker(settings, threads):
+        stop.wait()

@@ -1,0 +1,251 @@
+"""The read-model projector: events → users, sessions, chat_messages, user_projects,
+dossier and the legacy turns.
+
+It follows the event store from its own checkpoint and writes the checkpoint in the same
+transaction as the rows (exactly-once effect), so nudges are only hints: lost, duplicated or
+reordered nudges never lose or double anything. One projector applies the projection at a
+time: the checkpoint row is locked FOR UPDATE SKIP LOCKED, and whoever finds it locked
+leaves (the holder is already catching up; the periodic sweep covers the rest).
+
+Messages are buffered and written with one INSERT per batch, so the statement-level trigger
+on chat_messages updates each session once per batch, not once per row.
+
+Poison events: when a batch fails, it is re-applied one event at a time, each in a
+savepoint. The failing event's attempts are counted in parked_events; the checkpoint stops
+just before it and the next run retries. After projector_max_attempts it is parked (left
+in parked_events with parked = true, logged with its position) and the projection goes on.
+Operators list parked events with `SELECT * FROM parked_events WHERE parked`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+import psycopg
+import structlog
+
+from services.core import events as ev
+from services.core.db import PROJECTOR_ROLE, SET_LOCAL_ROLE
+from services.core.eventstore import Checkpoint, RecordedEvent, read_all_sync
+
+PROJECTION = "read_model"
+
+log = structlog.get_logger("projector")
+_json = msgspec.json.Encoder()
+
+ENSURE_CHECKPOINT = """
+INSERT INTO projection_checkpoints (name) VALUES (%s) ON CONFLICT (name) DO NOTHING
+"""
+LOCK_CHECKPOINT = """
+SELECT last_txid::text::bigint, last_position FROM projection_checkpoints
+ WHERE name = %s FOR UPDATE SKIP LOCKED
+"""
+SAVE_CHECKPOINT = """
+UPDATE projection_checkpoints
+   SET last_txid = %s::text::xid8, last_position = %s, updated_at = clock_timestamp()
+ WHERE name = %s
+"""
+COUNT_FAILURE = """
+INSERT INTO parked_events AS p (projection, position, error, parked)
+VALUES (%(projection)s, %(position)s, %(error)s, %(max_attempts)s <= 1)
+ON CONFLICT (projection, position) DO UPDATE
+   SET attempts = p.attempts + 1, error = EXCLUDED.error,
+       parked = p.attempts + 1 >= %(max_attempts)s, updated_at = clock_timestamp()
+RETURNING parked
+"""
+
+INSERT_USER = """
+INSERT INTO users (user_id, email, display_name, avatar_url, created_at, updated_at)
+VALUES (%s, %s, %s, %s, %s, %s)
+"""
+UPDATE_USER = """
+UPDATE users SET email = coalesce(%s, email), display_name = coalesce(%s, display_name),
+       avatar_url = coalesce(%s, avatar_url), updated_at = %s
+ WHERE user_id = %s
+"""
+INSERT_PROJECT = """
+INSERT INTO dossier (project_id, title, created_at, updated_at) VALUES (%s, %s, %s, %s)
+"""
+LINK_PROJECT = """
+INSERT INTO user_projects (user_id, project_id, created_at) VALUES (%s, %s, %s)
+ON CONFLICT DO NOTHING
+"""
+INSERT_SESSION = """
+INSERT INTO sessions (session_id, user_id, project_id, title, created_at, updated_at,
+                      last_message_at)
+VALUES (%s, %s, %s, %s, %s, %s, %s)
+"""
+RENAME_SESSION = "UPDATE sessions SET title = %s, updated_at = %s WHERE session_id = %s"
+ARCHIVE_SESSION = "UPDATE sessions SET is_active = false, updated_at = %s WHERE session_id = %s"
+DELETE_SESSION_TURNS = "DELETE FROM turns WHERE session_id = %s"
+DELETE_SESSION = "DELETE FROM sessions WHERE session_id = %s"
+
+# A legacy turn per user message; its project and owner come from the session.
+INSERT_TURNS = """
+INSERT INTO turns (turn_id, project_id, user_text, created_at, session_id, user_id)
+SELECT t.turn_id, s.project_id, t.user_text, t.created_at, s.session_id, s.user_id
+  FROM unnest(%s::uuid[], %s::uuid[], %s::text[], %s::timestamptz[])
+       AS t(turn_id, session_id, user_text, created_at)
+  JOIN sessions s USING (session_id)
+"""
+# The per-session sequence continues from sessions.last_seq (kept by the trigger).
+INSERT_MESSAGES = """
+INSERT INTO chat_messages (message_id, session_id, turn_id, role, content, metadata,
+                           created_at, updated_at, user_id, seq)
+SELECT m.message_id, m.session_id, m.turn_id, m.role, m.content, m.metadata,
+       m.created_at, m.created_at, s.user_id,
+       s.last_seq + row_number() OVER (PARTITION BY m.session_id ORDER BY m.ord)
+  FROM unnest(%s::uuid[], %s::uuid[], %s::uuid[], %s::text[], %s::text[], %s::jsonb[],
+              %s::timestamptz[]) WITH ORDINALITY
+       AS m(message_id, session_id, turn_id, role, content, metadata, created_at, ord)
+  JOIN sessions s USING (session_id)
+"""
+# The assistant's answer completes the legacy turn.
+ANSWER_TURNS = """
+UPDATE turns t SET assistant_text = a.content
+  FROM unnest(%s::uuid[], %s::text[]) AS a(turn_id, content)
+ WHERE t.turn_id = a.turn_id
+"""
+
+
+@dataclass
+class _MessageBuffer:
+    """Messages collected across consecutive MessagePosted events, written in bulk."""
+
+    messages: list[tuple[Any, ...]] = field(default_factory=list)
+    turns: list[tuple[Any, ...]] = field(default_factory=list)
+    answers: list[tuple[Any, ...]] = field(default_factory=list)
+
+    def add(self, recorded: RecordedEvent, e: ev.MessagePosted) -> None:
+        created = recorded.recorded_at
+        if e.role == "user" and e.turn_id is not None:
+            self.turns.append((e.turn_id, e.session_id, e.content, created))
+        elif e.role == "assistant" and e.turn_id is not None:
+            self.answers.append((e.turn_id, e.content))
+        metadata = _json.encode(e.metadata).decode() if e.metadata else None
+        self.messages.append(
+            (e.message_id, e.session_id, e.turn_id, e.role, e.content, metadata, created)
+        )
+
+    def flush(self, conn: psycopg.Connection[Any]) -> None:
+        if self.turns:
+            conn.execute(INSERT_TURNS, _columns(self.turns, 4))
+        if self.messages:
+            conn.execute(INSERT_MESSAGES, _columns(self.messages, 7))
+        if self.answers:
+            conn.execute(ANSWER_TURNS, _columns(self.answers, 2))
+        self.messages.clear()
+        self.turns.clear()
+        self.answers.clear()
+
+
+def _columns(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    return [[row[i] for row in rows] for i in range(width)] if rows else [[]] * width
+
+
+def _apply(conn: psycopg.Connection[Any], recorded: RecordedEvent, buffer: _MessageBuffer) -> None:
+    e = recorded.event
+    at = recorded.recorded_at
+    if isinstance(e, ev.MessagePosted):
+        buffer.add(recorded, e)
+        return
+    buffer.flush(conn)  # everything else may depend on (or remove) buffered rows
+    match e:
+        case ev.UserRegistered():
+            conn.execute(INSERT_USER, (e.user_id, e.email, e.display_name, e.avatar_url, at, at))
+        case ev.UserProfileUpdated():
+            conn.execute(UPDATE_USER, (e.email, e.display_name, e.avatar_url, at, e.user_id))
+        case ev.ProjectCreated():
+            conn.execute(INSERT_PROJECT, (e.project_id, e.title or None, at, at))
+            conn.execute(LINK_PROJECT, (e.owner_id, e.project_id, at))
+        case ev.ProjectLinked():
+            conn.execute(LINK_PROJECT, (e.user_id, e.project_id, at))
+        case ev.SessionStarted():
+            conn.execute(INSERT_SESSION, (e.session_id, e.user_id, e.project_id, e.title,
+                                          at, at, at))
+        case ev.SessionRenamed():
+            conn.execute(RENAME_SESSION, (e.title, at, e.session_id))
+        case ev.SessionArchived():
+            conn.execute(ARCHIVE_SESSION, (at, e.session_id))
+        case ev.SessionDeleted():
+            conn.execute(DELETE_SESSION_TURNS, (e.session_id,))
+            conn.execute(DELETE_SESSION, (e.session_id,))
+        case ev.AssistantReplyFailed():
+            pass  # the live stream told the client; the read model keeps no failed replies
+
+
+def project_batch(
+    conn: psycopg.Connection[Any], *, batch_size: int = 500, max_attempts: int = 3
+) -> int | None:
+    """Applies up to batch_size events in one transaction.
+
+    Returns how many events the checkpoint moved past, or None when another projector
+    holds the checkpoint.
+    """
+    with conn.transaction():
+        conn.execute(SET_LOCAL_ROLE.format(PROJECTOR_ROLE))
+        conn.execute(ENSURE_CHECKPOINT, (PROJECTION,))
+        row = conn.execute(LOCK_CHECKPOINT, (PROJECTION,)).fetchone()
+        if row is None:
+            return None
+        batch = read_all_sync(conn, Checkpoint(*row), batch_size)
+        if not batch:
+            return 0
+        try:
+            with conn.transaction():  # savepoint: the fast path, the whole batch at once
+                buffer = _MessageBuffer()
+                for recorded in batch:
+                    _apply(conn, recorded, buffer)
+                buffer.flush(conn)
+            done = batch
+        except psycopg.Error:
+            done = _apply_carefully(conn, batch, max_attempts)
+        if done:
+            last = done[-1]
+            conn.execute(SAVE_CHECKPOINT, (str(last.txid), last.position, PROJECTION))
+        return len(done)
+
+
+def _apply_carefully(
+    conn: psycopg.Connection[Any], batch: list[RecordedEvent], max_attempts: int
+) -> list[RecordedEvent]:
+    """One event per savepoint; returns the events the checkpoint may move past."""
+    for i, recorded in enumerate(batch):
+        try:
+            with conn.transaction():
+                buffer = _MessageBuffer()
+                _apply(conn, recorded, buffer)
+                buffer.flush(conn)
+        except psycopg.Error as exc:
+            parked = conn.execute(COUNT_FAILURE, {
+                "projection": PROJECTION, "position": recorded.position,
+                "error": f"{type(exc).__name__}: {exc}", "max_attempts": max_attempts,
+            }).fetchone()
+            if parked and parked[0]:
+                log.error("event_parked", projection=PROJECTION, position=recorded.position,
+                          type=recorded.type, error=str(exc))
+                continue
+            log.warning("event_failed", projection=PROJECTION, position=recorded.position,
+                        type=recorded.type, error=str(exc))
+            return batch[:i]
+    return batch
+
+
+def catch_up(conn: psycopg.Connection[Any], *, batch_size: int = 500,
+             max_attempts: int = 3) -> int:
+    """Projects until there is nothing more to read (or another projector has the lock).
+
+    Returns how many events were applied.
+    """
+    total = 0
+    while True:
+        n = project_batch(conn, batch_size=batch_size, max_attempts=max_attempts)
+        if not n:
+            return total
+        total += n
+        if n < batch_size:
+            # a failing event stops a batch short; come back on the next nudge or sweep
+            return total
+
