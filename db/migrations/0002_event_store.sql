@@ -25,6 +25,24 @@ CREATE TABLE events (
 );
 CREATE INDEX events_txid_position_idx ON events (txid, position);
 
+-- How far followers may read: every event with txid below this is committed (or rolled
+-- back) and visible. It is the oldest transaction still running in THIS database, not the
+-- server-wide pg_snapshot_xmin: a long transaction in another database on the same server
+-- can never write our events, so it must not hold our projections back. Transactions whose
+-- database we cannot tell count as ours (the safe side). SECURITY DEFINER only to read other
+-- backends' transaction ids in pg_stat_activity; it reads no table.
+CREATE FUNCTION event_read_horizon() RETURNS xid8
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(
+               (SELECT min(running.xid)
+                  FROM pg_snapshot_xip(snap.s) AS running(xid)
+                 WHERE NOT EXISTS (SELECT 1 FROM pg_stat_activity a
+                                    WHERE a.backend_xid = running.xid::xid
+                                      AND a.datname IS DISTINCT FROM current_database())),
+               pg_snapshot_xmax(snap.s))
+      FROM (SELECT pg_current_snapshot() AS s) snap
+$$;
+
 -- Command-side uniqueness that events alone cannot enforce: one account per e-mail address.
 CREATE TABLE user_emails (
     email   text PRIMARY KEY,   -- lower-cased

@@ -16,7 +16,8 @@ CREATE TABLE sessions (
     title           text,
     created_at      timestamptz DEFAULT current_timestamp,
     updated_at      timestamptz DEFAULT current_timestamp,
-    last_message_at timestamptz DEFAULT current_timestamp,
+    -- NOT NULL beyond the seed: the list's keyset order must never meet a NULL
+    last_message_at timestamptz NOT NULL DEFAULT current_timestamp,
     is_active       boolean DEFAULT true,
     -- denormalised, kept by update_session_last_message()
     message_count   integer NOT NULL DEFAULT 0,
@@ -42,7 +43,10 @@ CREATE TABLE chat_messages (
     seq        bigint NOT NULL CHECK (seq > 0),
     CONSTRAINT chat_messages_session_seq_key UNIQUE (session_id, seq)
 );
-CREATE INDEX chat_messages_user_idx ON chat_messages (user_id);
+-- Serves the RLS policy (user_id) and the page order together: with the policy's
+-- user_id = (SELECT ...) condition the planner can walk this one index in seq order instead
+-- of intersecting a bare user_id index with the session key and sorting.
+CREATE INDEX chat_messages_user_session_seq_idx ON chat_messages (user_id, session_id, seq);
 CREATE INDEX chat_messages_turn_idx ON chat_messages (turn_id);
 
 CREATE TABLE user_projects (

@@ -30,7 +30,9 @@ CREATE TRIGGER chat_messages_update_session
     FOR EACH STATEMENT EXECUTE FUNCTION update_session_last_message();
 
 -- The caller's sessions, newest activity first. p_before_at/p_before_id continue after
--- the last row of the previous page (keyset: the same cost at any depth).
+-- the last row of the previous page (keyset: the same cost at any depth). Each branch is a
+-- plain range on sessions_user_activity_idx: no "param IS NULL OR ..." that a generic plan
+-- would have to turn into a filter.
 CREATE FUNCTION get_user_sessions(
     p_user_id uuid,
     p_limit integer DEFAULT 10,
@@ -41,15 +43,36 @@ CREATE FUNCTION get_user_sessions(
     updated_at timestamptz, last_message_at timestamptz, is_active boolean,
     message_count integer, preview text
 )
-LANGUAGE sql STABLE AS $$
-    SELECT s.session_id, s.title, s.project_id, s.created_at, s.updated_at,
-           s.last_message_at, s.is_active, s.message_count, s.last_message_preview
-      FROM sessions s
-     WHERE s.user_id = p_user_id
-       AND (p_before_at IS NULL
-            OR (s.last_message_at, s.session_id) < (p_before_at, p_before_id))
-     ORDER BY s.last_message_at DESC, s.session_id DESC
-     LIMIT p_limit
+LANGUAGE plpgsql STABLE AS $$
+#variable_conflict use_column
+BEGIN
+    IF p_before_at IS NULL THEN
+        RETURN QUERY
+            SELECT s.session_id, s.title, s.project_id, s.created_at, s.updated_at,
+                   s.last_message_at, s.is_active, s.message_count, s.last_message_preview
+              FROM sessions s
+             WHERE s.user_id = p_user_id
+             ORDER BY s.last_message_at DESC, s.session_id DESC
+             LIMIT p_limit;
+    ELSIF p_before_id IS NULL THEN
+        RETURN QUERY
+            SELECT s.session_id, s.title, s.project_id, s.created_at, s.updated_at,
+                   s.last_message_at, s.is_active, s.message_count, s.last_message_preview
+              FROM sessions s
+             WHERE s.user_id = p_user_id AND s.last_message_at < p_before_at
+             ORDER BY s.last_message_at DESC, s.session_id DESC
+             LIMIT p_limit;
+    ELSE
+        RETURN QUERY
+            SELECT s.session_id, s.title, s.project_id, s.created_at, s.updated_at,
+                   s.last_message_at, s.is_active, s.message_count, s.last_message_preview
+              FROM sessions s
+             WHERE s.user_id = p_user_id
+               AND (s.last_message_at, s.session_id) < (p_before_at, p_before_id)
+             ORDER BY s.last_message_at DESC, s.session_id DESC
+             LIMIT p_limit;
+    END IF;
+END;
 $$;
 
 -- A page of a session's messages in chronological order, by offset (the seed's form).
@@ -70,7 +93,8 @@ LANGUAGE sql STABLE AS $$
 $$;
 
 -- The keyset form: messages after (or before) a sequence number, in chronological order.
--- Each branch is one walk of chat_messages_session_seq_key, whatever the depth.
+-- Each branch is one range walk of chat_messages_session_seq_key whatever the depth, and
+-- stays one under a generic plan (no "param IS NULL OR ..." conditions).
 CREATE FUNCTION get_session_messages_keyset(
     p_session_id uuid,
     p_limit integer DEFAULT 50,
@@ -82,13 +106,17 @@ CREATE FUNCTION get_session_messages_keyset(
 )
 LANGUAGE plpgsql STABLE AS $$
 #variable_conflict use_column
+DECLARE
+    after_seq  bigint := coalesce(p_after_seq, 0);
+    before_seq bigint := coalesce(p_before_seq, 9223372036854775807);
 BEGIN
     IF p_before_seq IS NOT NULL AND p_after_seq IS NULL THEN
+        -- the newest p_limit messages before p_before_seq: walk backwards, return in order
         RETURN QUERY
             SELECT page.* FROM (
                 SELECT m.message_id, m.role, m.content, m.metadata, m.created_at, m.turn_id, m.seq
                   FROM chat_messages m
-                 WHERE m.session_id = p_session_id AND m.seq < p_before_seq
+                 WHERE m.session_id = p_session_id AND m.seq < before_seq
                  ORDER BY m.seq DESC
                  LIMIT p_limit) page
              ORDER BY page.seq;
@@ -96,9 +124,7 @@ BEGIN
         RETURN QUERY
             SELECT m.message_id, m.role, m.content, m.metadata, m.created_at, m.turn_id, m.seq
               FROM chat_messages m
-             WHERE m.session_id = p_session_id
-               AND m.seq > coalesce(p_after_seq, 0)
-               AND (p_before_seq IS NULL OR m.seq < p_before_seq)
+             WHERE m.session_id = p_session_id AND m.seq > after_seq AND m.seq < before_seq
              ORDER BY m.seq
              LIMIT p_limit;
     END IF;

@@ -35,3 +35,6 @@ BEGIN
     RETURN n;
 END;
 $$;
+
+-- Only the owner (the command service's user) may purge.
+REVOKE ALL ON FUNCTION purge_stream_content(text, bigint) FROM PUBLIC;

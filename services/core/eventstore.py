@@ -9,8 +9,9 @@ backstop. Several streams can be appended in one transaction.
 Following the global order: positions come from an identity, so a transaction that commits
 late can leave a lower position behind one already read. Followers therefore read in
 (txid, position) order and only events whose writing transaction is older than every
-transaction still running (`txid < pg_snapshot_xmin(pg_current_snapshot())`): such a
-transaction is finished, and any transaction still to commit has a larger txid, so the
+transaction still running in this database (`txid < event_read_horizon()`, the database's
+own pg_snapshot_xmin; see 0002_event_store.sql): such a transaction is finished, and any
+transaction still to commit has a larger txid, so the
 order (txid, position) never grows a new entry behind a follower's checkpoint. Within one
 stream that order is version order, because every append checks the expected version.
 """
@@ -80,7 +81,7 @@ SELECT {_EVENT_COLUMNS} FROM events
 READ_ALL_AFTER = f"""
 SELECT {_EVENT_COLUMNS} FROM events
  WHERE (txid, position) > (%(txid)s::text::xid8, %(position)s)
-   AND txid < pg_snapshot_xmin(pg_current_snapshot())
+   AND txid < event_read_horizon()
  ORDER BY txid, position
  LIMIT %(limit)s
 """

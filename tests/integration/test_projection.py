@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -11,7 +12,15 @@ import pytest
 
 from services.core import events as ev
 from services.core.eventstore import StreamAppend, append_sync, stream_info_sync
+from tests.integration.conftest import wait_until
 from workers.projector import PROJECTION, catch_up
+
+
+@pytest.fixture(scope="module")
+def database_url(make_database: Callable[[], str]) -> str:
+    """A database of its own: the poison test counts attempts on a projection nobody else
+    feeds."""
+    return make_database()
 
 
 def _register(conn: psycopg.Connection[Any]) -> uuid.UUID:
@@ -158,12 +167,11 @@ def test_a_poison_event_is_retried_then_parked_and_the_projection_goes_on(
     database_url: str, db: psycopg.Connection[Any]
 ) -> None:
     user = _register(db)
-    ghost = uuid.uuid4()  # a session the read model has never seen: its rename can't apply...
     _, session = _start_session(db, user, ["before"])
-    # ...so make one that fails for real: a message whose turn_id points at no turn
+    # an assistant message answering a turn that does not exist violates a foreign key
     _post(db, user, session, ev.MessagePosted(
         session_id=session, message_id=uuid.uuid4(), user_id=user, role="assistant",
-        content="orphan", turn_id=ghost))
+        content="orphan", turn_id=uuid.uuid4()))
     _post(db, user, session, ev.MessagePosted(
         session_id=session, message_id=uuid.uuid4(), user_id=user, role="user",
         content="after", turn_id=uuid.uuid4()))
@@ -177,3 +185,23 @@ def test_a_poison_event_is_retried_then_parked_and_the_projection_goes_on(
     contents = [r[0] for r in db.execute(
         "SELECT content FROM chat_messages WHERE session_id = %s ORDER BY seq", (session,))]
     assert contents == ["before", "after"]
+
+
+def test_a_long_transaction_in_another_database_does_not_hold_followers_back(
+    make_database: Callable[[], str], db: psycopg.Connection[Any]
+) -> None:
+    """xids are server-wide, so the server's snapshot xmin would wait for it; ours must not."""
+    with psycopg.connect(make_database()) as elsewhere, psycopg.connect(db.info.dsn) as here:
+        other_xid = elsewhere.execute("SELECT pg_current_xact_id()::text").fetchone()[0]
+        same_db_xid = here.execute("SELECT pg_current_xact_id()::text").fetchone()[0]
+        horizon, server_xmin = db.execute(
+            "SELECT event_read_horizon()::text::bigint,"
+            " pg_snapshot_xmin(pg_current_snapshot())::text::bigint").fetchone()
+        assert server_xmin <= int(other_xid)  # what a naive follower would wait for
+        # a transaction in this database still holds the horizon...
+        assert horizon <= int(same_db_xid)
+        here.rollback()
+        # ...the one in the other database, still open, does not (short-lived transactions
+        # of unrelated clients may hold it for a moment, hence the wait)
+        wait_until(lambda: db.execute("SELECT event_read_horizon()::text::bigint").fetchone()[0]
+                   > int(other_xid))
