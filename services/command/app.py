@@ -1,0 +1,97 @@
+"""The command service's composition root: `create_app(settings)`. Nothing runs at import."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+import dramatiq
+from litestar import Controller, Litestar, Request
+from litestar.datastructures import State
+from litestar.di import NamedDependency, Provide
+from litestar.openapi import OpenAPIConfig
+from litestar.params import HeaderParameter
+from psycopg_pool import AsyncConnectionPool
+
+from services.command.auth import (
+    REQUEST_IDS_KEY,
+    Caller,
+    RequestContextMiddleware,
+    RequestIds,
+    authenticate,
+)
+from services.command.controllers import ChatController, SessionController, UserController
+from services.command.errors import EXCEPTION_HANDLERS
+from services.command.stop import StopController
+from services.core.db import open_async_pool
+from services.core.logging import configure_logging
+from services.core.settings import Settings
+from workers.broker import make_broker
+
+# Add a controller here to serve it.
+CONTROLLERS: list[type[Controller]] = [UserController, ChatController, SessionController]
+CONTROLLERS.append(StopController)  # services/command/stop.py
+
+
+def provide_pool(state: State) -> AsyncConnectionPool[Any]:
+    return state.pool  # type: ignore[no-any-return]
+
+
+def provide_broker(state: State) -> dramatiq.Broker:
+    return state.broker  # type: ignore[no-any-return]
+
+
+def provide_settings(state: State) -> Settings:
+    return state.settings  # type: ignore[no-any-return]
+
+
+def provide_request_ids(request: Request[Any, Any, Any]) -> RequestIds:
+    ids = request.scope.get("state", {}).get(REQUEST_IDS_KEY)
+    return ids if isinstance(ids, RequestIds) else RequestIds.from_headers(request.headers)
+
+
+async def provide_caller(
+    pool: NamedDependency[AsyncConnectionPool[Any]],
+    request_ids: NamedDependency[RequestIds],
+    x_user_id: Annotated[
+        str | None,
+        HeaderParameter(name="X-User-ID", description="The calling user (set by the gateway)."),
+    ] = None,
+) -> Caller:
+    # Optional here so that a missing header is our 401, not a generic validation 400.
+    return Caller(await authenticate(pool, x_user_id), request_ids)
+
+
+def create_app(settings: Settings, broker: dramatiq.Broker | None = None) -> Litestar:
+    configure_logging(settings.log_level, settings.log_json)
+    own_broker = broker is None
+    the_broker = broker or make_broker(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        # The owner user, no role: the command side writes the event store, nothing else.
+        app.state.pool = await open_async_pool(settings.database_url)
+        try:
+            yield
+        finally:
+            await app.state.pool.close()
+            if own_broker:
+                the_broker.close()
+
+    return Litestar(
+        route_handlers=CONTROLLERS,
+        lifespan=[lifespan],
+        state=State({"settings": settings, "broker": the_broker}),
+        dependencies={
+            "pool": Provide(provide_pool, sync_to_thread=False),
+            "broker": Provide(provide_broker, sync_to_thread=False),
+            "settings": Provide(provide_settings, sync_to_thread=False),
+            "request_ids": Provide(provide_request_ids, sync_to_thread=False),
+            "caller": Provide(provide_caller),
+        },
+        middleware=[RequestContextMiddleware()],
+        exception_handlers=EXCEPTION_HANDLERS,
+        request_max_body_size=settings.max_body_bytes,
+        openapi_config=OpenAPIConfig(title="Chat sessions: command API", version="1.0.0"),
+    )

@@ -1,0 +1,190 @@
+"""Posting a user's message: into a session (started here when none is given, with a project
+when none is given), then asking the assistant to reply.
+
+`post_chat` returns the metadata of what was stored; how it is answered (JSON now, an event
+stream later, by Accept header) is the handler's business.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import dramatiq
+import msgspec
+import psycopg
+import structlog
+from psycopg_pool import AsyncConnectionPool
+
+from services.command import notify
+from services.command.auth import Caller
+from services.command.errors import BadRequest, TooLarge, Unavailable
+from services.command.store import check_storable, in_transaction, owned_stream_version
+from services.core.events import (
+    MessagePosted,
+    ProjectCreated,
+    SessionStarted,
+    project_stream,
+    session_stream,
+)
+from services.core.eventstore import StreamAppend, append
+from services.core.settings import Settings
+
+log = structlog.get_logger("command.chat")
+
+# A session's project is fixed when it starts: version 1 is always SessionStarted.
+SESSION_PROJECT = """
+SELECT (data->>'project_id')::uuid FROM events WHERE stream_id = %s AND version = 1
+"""
+
+TITLE_CHARS = 60
+
+
+class PostChat(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    text: str
+    session_id: uuid.UUID | None = None
+    project_id: uuid.UUID | None = None
+
+
+class ChatAccepted(msgspec.Struct, frozen=True, kw_only=True):
+    session_id: uuid.UUID
+    project_id: uuid.UUID
+    turn_id: uuid.UUID
+    message_id: uuid.UUID
+    created: bool  # the session was started by this message
+    position: int  # the largest global position written: read-your-writes for the query side
+    stream_url: str
+
+
+def clean_text(text: str, max_chars: int) -> str:
+    text = text.strip()
+    if not text:
+        raise BadRequest("text is empty", code="empty_text")
+    if len(text) > max_chars:
+        raise TooLarge(f"text is longer than {max_chars} characters", code="message_too_long")
+    check_storable(text, "text")
+    return text
+
+
+def title_from(text: str) -> str:
+    """A new session's title: the first line of its first message, cut to 60 characters."""
+    return text.splitlines()[0].strip()[:TITLE_CHARS]
+
+
+def stream_url(session_id: uuid.UUID) -> str:
+    return f"/api/v1/sessions/{session_id}/stream"
+
+
+async def post_chat(
+    pool: AsyncConnectionPool[Any],
+    broker: dramatiq.Broker,
+    settings: Settings,
+    caller: Caller,
+    body: PostChat,
+) -> ChatAccepted:
+    text = clean_text(body.text, settings.max_message_chars)
+
+    async def work(conn: psycopg.AsyncConnection[Any]) -> ChatAccepted:
+        if body.session_id is None:
+            return await _start_session(conn, caller, body.project_id, text)
+        return await _continue_session(conn, caller, body.session_id, text)
+
+    accepted = await in_transaction(pool, work)
+    log.info(
+        "message_posted",
+        session_id=str(accepted.session_id),
+        message_id=str(accepted.message_id),
+        created=accepted.created,
+        position=accepted.position,
+    )
+    await notify.nudge_projector(broker)
+    try:
+        await notify.request_reply(broker, accepted.session_id, accepted.message_id)
+    except Exception as exc:  # Redis down or hanging: the message is stored, the reply is not
+        log.error("reply_request_failed", error=repr(exc))
+        raise Unavailable(
+            "the message was stored but the assistant could not be asked to reply",
+            code="assistant_unavailable",
+            extra=msgspec.to_builtins(accepted),
+        ) from exc
+    return accepted
+
+
+def _message(caller: Caller, session_id: uuid.UUID, text: str) -> MessagePosted:
+    return MessagePosted(
+        session_id=session_id,
+        message_id=uuid.uuid4(),
+        turn_id=uuid.uuid4(),
+        user_id=caller.user_id,
+        role="user",
+        content=text,
+    )
+
+
+def _accepted(
+    message: MessagePosted, project_id: uuid.UUID, created: bool, positions: list[int]
+) -> ChatAccepted:
+    assert message.turn_id is not None
+    return ChatAccepted(
+        session_id=message.session_id,
+        project_id=project_id,
+        turn_id=message.turn_id,
+        message_id=message.message_id,
+        created=created,
+        position=max(positions),
+        stream_url=stream_url(message.session_id),
+    )
+
+
+async def _start_session(
+    conn: psycopg.AsyncConnection[Any], caller: Caller, project_id: uuid.UUID | None, text: str
+) -> ChatAccepted:
+    appends: list[StreamAppend] = []
+    if project_id is None:
+        project_id = uuid.uuid4()
+        appends.append(StreamAppend(
+            stream_id=project_stream(project_id),
+            expected_version=0,
+            events=[ProjectCreated(project_id=project_id, owner_id=caller.user_id, title="")],
+            stream_type="project",
+            owner_id=caller.user_id,
+        ))
+    else:
+        await owned_stream_version(
+            conn, project_stream(project_id), "project", caller.user_id, lock=False
+        )
+    session_id = uuid.uuid4()
+    started = SessionStarted(
+        session_id=session_id,
+        user_id=caller.user_id,
+        project_id=project_id,
+        title=title_from(text),
+    )
+    message = _message(caller, session_id, text)
+    appends.append(StreamAppend(
+        stream_id=session_stream(session_id),
+        expected_version=0,
+        events=[started, message],
+        stream_type="session",
+        owner_id=caller.user_id,
+    ))
+    positions = await append(conn, appends, caller.event_metadata())
+    return _accepted(message, project_id, True, positions)
+
+
+async def _continue_session(
+    conn: psycopg.AsyncConnection[Any], caller: Caller, session_id: uuid.UUID, text: str
+) -> ChatAccepted:
+    stream_id = session_stream(session_id)
+    version = await owned_stream_version(conn, stream_id, "session", caller.user_id, lock=True)
+    cur = await conn.execute(SESSION_PROJECT, (stream_id,))
+    row = await cur.fetchone()
+    if row is None:  # a session stream always starts with SessionStarted
+        raise RuntimeError(f"{stream_id} has no SessionStarted event")
+    message = _message(caller, session_id, text)
+    positions = await append(
+        conn,
+        [StreamAppend(stream_id=stream_id, expected_version=version, events=[message])],
+        caller.event_metadata(),
+    )
+    return _accepted(message, row[0], False, positions)

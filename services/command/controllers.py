@@ -1,0 +1,95 @@
+"""The HTTP handlers: parse a Struct, call one function, return a Struct. Nothing else."""
+
+from __future__ import annotations
+
+import uuid
+from http import HTTPStatus
+from typing import Any
+
+import dramatiq
+from litestar import Controller, delete, post, put
+from litestar.di import NamedDependency
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import FromPath, JSONBody
+from psycopg_pool import AsyncConnectionPool
+
+from services.command import chat, sessions, users
+from services.command.auth import Caller, RequestIds
+from services.command.errors import ErrorBody
+from services.core.settings import Settings
+
+
+def errors(*statuses: int) -> dict[int, ResponseSpec]:
+    """OpenAPI entries for the error answers a route can give (all share ErrorBody)."""
+    return {
+        status: ResponseSpec(
+            ErrorBody, description=HTTPStatus(status).phrase, generate_examples=False
+        )
+        for status in (400, *statuses)
+    }
+
+
+class UserController(Controller):
+    path = "/api/v1/users"
+    tags = ("users",)
+
+    @post("", operation_id="createUser", responses=errors(409, 413))
+    async def create_user(
+        self,
+        data: JSONBody[users.RegisterUser],
+        pool: NamedDependency[AsyncConnectionPool[Any]],
+        broker: NamedDependency[dramatiq.Broker],
+        request_ids: NamedDependency[RequestIds],
+    ) -> users.UserCreated:
+        """Registers a user; the server picks the id. The e-mail is unique in any case."""
+        return await users.register_user(pool, broker, request_ids, data)
+
+
+class ChatController(Controller):
+    path = "/api/v1/chat"
+    tags = ("chat",)
+
+    @post(
+        "", operation_id="postChat", status_code=202, responses=errors(401, 404, 409, 413, 503)
+    )
+    async def post_chat(
+        self,
+        data: JSONBody[chat.PostChat],
+        pool: NamedDependency[AsyncConnectionPool[Any]],
+        broker: NamedDependency[dramatiq.Broker],
+        settings: NamedDependency[Settings],
+        caller: NamedDependency[Caller],
+    ) -> chat.ChatAccepted:
+        """Posts the user's message (starting a session, and a project, when none is given)
+        and asks the assistant to reply; the reply is followed at `stream_url`."""
+        return await chat.post_chat(pool, broker, settings, caller, data)
+
+
+class SessionController(Controller):
+    # The path parameter is parsed as a UUID by the signature, not the router: a bad id then
+    # answers 400 with a message instead of the router's bare 404.
+    path = "/api/v1/sessions/{session_id:str}"
+    tags = ("sessions",)
+
+    @put("/title", operation_id="renameSession", responses=errors(401, 404, 409, 413))
+    async def rename_session(
+        self,
+        session_id: FromPath[uuid.UUID],
+        data: JSONBody[sessions.RenameSession],
+        pool: NamedDependency[AsyncConnectionPool[Any]],
+        broker: NamedDependency[dramatiq.Broker],
+        caller: NamedDependency[Caller],
+    ) -> sessions.SessionTitle:
+        """Renames a session (1 to 200 characters after trimming)."""
+        return await sessions.rename_session(pool, broker, caller, session_id, data)
+
+    @delete("", operation_id="deleteSession", responses=errors(401, 404, 409))
+    async def delete_session(
+        self,
+        session_id: FromPath[uuid.UUID],
+        pool: NamedDependency[AsyncConnectionPool[Any]],
+        broker: NamedDependency[dramatiq.Broker],
+        caller: NamedDependency[Caller],
+    ) -> None:
+        """Deletes a session and erases what was written in it from the event store."""
+        await sessions.delete_session(pool, broker, caller, session_id)

@@ -1,0 +1,93 @@
+"""Registering users: a `user-<uuid>` stream and the e-mail address reserved with it."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+import dramatiq
+import msgspec
+import psycopg
+import structlog
+from psycopg_pool import AsyncConnectionPool
+
+from services.command import notify
+from services.command.auth import Caller, RequestIds
+from services.command.errors import Conflict
+from services.command.store import in_transaction
+from services.core.events import UserRegistered, user_stream
+from services.core.eventstore import StreamAppend, append
+
+log = structlog.get_logger("command.users")
+
+# Events cannot enforce uniqueness across streams; this row can, in the same transaction.
+RESERVE_EMAIL = """
+INSERT INTO user_emails (email, user_id) VALUES (%s, %s)
+    ON CONFLICT (email) DO NOTHING
+RETURNING user_id
+"""
+
+Email = Annotated[
+    str,
+    msgspec.Meta(
+        max_length=254,
+        pattern=r"^[^@\s\x00]+@[^@\s\x00]+\.[^@\s.\x00]+$",
+        description="an e-mail address, unique whatever its case",
+    ),
+]
+HttpUrl = Annotated[
+    str,
+    msgspec.Meta(max_length=2048, pattern=r"^(?i:https?)://[^\s/?#\x00]+[^\s\x00]*$"),
+]
+# No U+0000 anywhere: PostgreSQL jsonb cannot store it.
+DisplayName = Annotated[str, msgspec.Meta(max_length=200, pattern=r"^[^\x00]*$")]
+
+
+class RegisterUser(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    email: Email | None = None
+    display_name: DisplayName | None = None
+    avatar_url: HttpUrl | None = None
+
+
+class UserCreated(msgspec.Struct, frozen=True, kw_only=True):
+    user_id: uuid.UUID
+    email: str | None
+    display_name: str | None
+    avatar_url: str | None
+
+
+async def register_user(
+    pool: AsyncConnectionPool[Any], broker: dramatiq.Broker, ids: RequestIds, body: RegisterUser
+) -> UserCreated:
+    # The server picks the id; clients never choose one.
+    caller = Caller(uuid.uuid4(), ids)
+    event = UserRegistered(
+        user_id=caller.user_id,
+        email=body.email,
+        display_name=body.display_name,
+        avatar_url=body.avatar_url,
+    )
+
+    async def work(conn: psycopg.AsyncConnection[Any]) -> None:
+        if body.email is not None:
+            cur = await conn.execute(RESERVE_EMAIL, (body.email.lower(), caller.user_id))
+            if await cur.fetchone() is None:
+                raise Conflict("that e-mail address is already registered", code="email_taken")
+        create = StreamAppend(
+            stream_id=user_stream(caller.user_id),
+            expected_version=0,
+            events=[event],
+            stream_type="user",
+            owner_id=caller.user_id,
+        )
+        await append(conn, [create], caller.event_metadata())
+
+    await in_transaction(pool, work)
+    log.info("user_registered", new_user_id=str(caller.user_id))
+    await notify.nudge_projector(broker)
+    return UserCreated(
+        user_id=caller.user_id,
+        email=body.email,
+        display_name=body.display_name,
+        avatar_url=body.avatar_url,
+    )

@@ -1,0 +1,153 @@
+"""The write path end to end: HTTP command → event store → nudge (real Dramatiq Redis
+broker) → worker → read model."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from services.command.app import create_app
+from services.core import events as ev
+from services.core.eventstore import StreamAppend, append_sync, stream_info_sync
+from services.core.settings import Settings
+from tests.integration.conftest import client, wait_until
+from workers.broker import make_broker, nudge_projector
+from workers.main import running_worker
+
+
+@pytest.fixture
+def command_url(settings: Settings, serve_app: Callable[[Any], str]) -> Iterator[str]:
+    with running_worker(settings, threads=4):
+        yield serve_app(create_app(settings))
+
+
+def _user(base: str) -> uuid.UUID:
+    with client(base) as c:
+        r = c.post("/api/v1/users", json={"display_name": "Writer"})
+        assert r.status_code == 201, r.text
+        return uuid.UUID(r.json()["user_id"])
+
+
+def _chat(base: str, user: uuid.UUID, text: str, **ids: str) -> dict[str, Any]:
+    with client(base, user) as c:
+        r = c.post("/api/v1/chat", json={"text": text, **ids},
+                   headers={"Accept": "application/json"})
+        assert r.status_code == 202, r.text
+        return dict(r.json())
+
+
+def _user_messages(db: psycopg.Connection[Any], session: str) -> list[tuple[int, str]]:
+    return db.execute("SELECT seq, content FROM chat_messages WHERE session_id = %s"
+                      " AND role = 'user' ORDER BY seq", (session,)).fetchall()
+
+
+def test_a_chat_posted_over_http_reaches_the_read_model(
+    command_url: str, db: psycopg.Connection[Any]
+) -> None:
+    user = _user(command_url)
+    started = _chat(command_url, user, "I want to write a horror story")
+    session = started["session_id"]
+
+    row = wait_until(lambda: db.execute(
+        "SELECT user_id, project_id::text, message_count, last_message_preview,"
+        " last_message_at IS NOT NULL FROM sessions WHERE session_id = %s",
+        (session,)).fetchone())
+    assert row[0] == user and row[1] == started["project_id"]
+    assert row[2] >= 1 and row[4]
+    msg = db.execute("SELECT message_id::text, role, content, turn_id::text FROM chat_messages"
+                     " WHERE session_id = %s AND seq = 1", (session,)).fetchone()
+    assert msg == (started["message_id"], "user", "I want to write a horror story",
+                   started["turn_id"])
+    turn = db.execute("SELECT user_text, project_id::text, user_id FROM turns WHERE turn_id = %s",
+                      (started["turn_id"],)).fetchone()
+    assert turn == ("I want to write a horror story", started["project_id"], user)
+    assert db.execute("SELECT 1 FROM user_projects WHERE user_id = %s AND project_id = %s",
+                      (user, started["project_id"])).fetchone()
+
+
+def test_duplicate_nudges_leave_no_duplicate_rows(
+    command_url: str, settings: Settings, db: psycopg.Connection[Any]
+) -> None:
+    user = _user(command_url)
+    session = _chat(command_url, user, "one")["session_id"]
+    for i in range(5):
+        _chat(command_url, user, f"more {i}", session_id=session)
+    broker = make_broker(settings)
+    for _ in range(50):
+        nudge_projector(broker)
+    wait_until(lambda: len(_user_messages(db, session)) == 6)
+    seqs = [r[0] for r in db.execute(
+        "SELECT seq FROM chat_messages WHERE session_id = %s ORDER BY seq", (session,))]
+    assert seqs == list(range(1, len(seqs) + 1))
+    assert db.execute("SELECT count(DISTINCT message_id) = count(*) FROM chat_messages"
+                      " WHERE session_id = %s", (session,)).fetchone() == (True,)
+
+
+def test_an_event_whose_nudge_was_lost_still_converges_within_a_second(
+    command_url: str, database_url: str, db: psycopg.Connection[Any]
+) -> None:
+    """Appended straight to the store, as if the process died between commit and enqueue."""
+    user = _user(command_url)
+    session = _chat(command_url, user, "start")["session_id"]
+    wait_until(lambda: _user_messages(db, session))
+    stream = ev.session_stream(uuid.UUID(session))
+    with psycopg.connect(database_url) as conn, conn.transaction():
+        info = stream_info_sync(conn, stream)
+        assert info is not None
+        append_sync(conn, [StreamAppend(stream_id=stream, expected_version=info.version,
+                                        events=[ev.SessionRenamed(session_id=uuid.UUID(session),
+                                                                  title="No nudge")])])
+    wait_until(lambda: db.execute("SELECT title FROM sessions WHERE session_id = %s",
+                                  (session,)).fetchone() == ("No nudge",), timeout=1.0)
+
+
+def test_32_concurrent_posts_to_one_session_all_land_with_gapless_sequence_numbers(
+    command_url: str, db: psycopg.Connection[Any]
+) -> None:
+    user = _user(command_url)
+    session = _chat(command_url, user, "seed")["session_id"]
+    texts = [f"parallel {i}" for i in range(32)]
+    errors: list[BaseException] = []
+
+    def post(chunk: list[str]) -> None:
+        try:
+            for text in chunk:
+                _chat(command_url, user, text, session_id=session)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=post, args=(texts[i::8],)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    rows = wait_until(lambda: (r := _user_messages(db, session)) and len(r) == 33 and r)
+    assert sorted(c for _, c in rows) == sorted(["seed", *texts])
+    seqs = [r[0] for r in db.execute(
+        "SELECT seq FROM chat_messages WHERE session_id = %s ORDER BY seq", (session,))]
+    assert seqs == list(range(1, len(seqs) + 1))
+
+
+def test_a_deleted_session_leaves_no_row_and_no_text(
+    command_url: str, db: psycopg.Connection[Any]
+) -> None:
+    user = _user(command_url)
+    secret = f"my secret plot {uuid.uuid4()}"
+    session = _chat(command_url, user, secret)["session_id"]
+    wait_until(lambda: _user_messages(db, session))
+    with client(command_url, user) as c:
+        assert c.delete(f"/api/v1/sessions/{session}").status_code == 204
+    wait_until(lambda: db.execute("SELECT count(*) FROM sessions WHERE session_id = %s",
+                                  (session,)).fetchone() == (0,))
+    for table in ("chat_messages", "turns"):
+        assert db.execute(f"SELECT count(*) FROM {table} WHERE session_id = %s",
+                          (session,)).fetchone() == (0,)
+    stored = db.execute("SELECT string_agg(data::text, '') FROM events WHERE stream_id = %s",
+                        (f"session-{session}",)).fetchone()[0]
+    assert secret not in stored
