@@ -11,8 +11,9 @@ import psycopg
 import structlog
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
-from litestar.openapi.spec import Example
 from litestar.openapi.datastructures import ResponseSpec
+from litestar.openapi.spec import Example
+from litestar.types import ExceptionHandlersMap
 from psycopg_pool import PoolTimeout
 
 log = structlog.get_logger("query.errors")
@@ -72,8 +73,10 @@ def _validation_detail(exc: ValidationException) -> str:
     return exc.detail
 
 
-def _body(status_code: int, code: str, detail: str) -> Response[ErrorBody]:
-    return Response(ErrorBody(error=code, detail=detail), status_code=status_code)
+def _body(
+    status_code: int, code: str, detail: str, headers: dict[str, str] | None = None
+) -> Response[ErrorBody]:
+    return Response(ErrorBody(error=code, detail=detail), status_code=status_code, headers=headers)
 
 
 def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
@@ -82,7 +85,8 @@ def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Respons
     if isinstance(exc, ValidationException):
         return _body(400, "invalid_parameter", _validation_detail(exc))
     if isinstance(exc, HTTPException):
-        return _body(exc.status_code, _code_for(exc.status_code), exc.detail)
+        # keeps what the exception says about the response (405's Allow, for one)
+        return _body(exc.status_code, _code_for(exc.status_code), exc.detail, exc.headers)
     if isinstance(exc, PoolTimeout | psycopg.OperationalError):
         log.warning("database_unavailable", error=str(exc))
         return _body(503, "unavailable", "the database is unavailable; retry later")
@@ -90,22 +94,29 @@ def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Respons
     return _body(500, "internal_error", "internal server error")
 
 
-EXCEPTION_HANDLERS = {Exception: handle_exception}
+EXCEPTION_HANDLERS: ExceptionHandlersMap = {Exception: handle_exception}
 
 
 def error_responses(*statuses: int) -> dict[int, ResponseSpec]:
     """OpenAPI entries for the error statuses a route can answer."""
     descriptions = {
-        400: "A parameter is malformed or out of range.",
-        401: "X-User-ID is missing or names no known user.",
-        404: "No such resource for this user (another user's looks the same).",
-        503: "The database is unavailable.",
+        400: ("invalid_parameter", "A parameter is malformed or out of range."),
+        401: ("unauthorized", "X-User-ID is missing or names no known user."),
+        404: ("session_not_found", "No such resource for this user (another's looks the same)."),
+        503: ("unavailable", "The database is unavailable."),
     }
     return {
         status: ResponseSpec(
             data_container=ErrorBody,
-            description=descriptions.get(status, HTTPStatus(status).phrase),
-            examples=[Example(value={"error": _code_for(status), "detail": "..."})],
+            description=descriptions.get(status, ("", HTTPStatus(status).phrase))[1],
+            examples=[
+                Example(
+                    value={
+                        "error": descriptions.get(status, (_code_for(status), ""))[0],
+                        "detail": "...",
+                    }
+                )
+            ],
         )
         for status in statuses
     }

@@ -1,0 +1,60 @@
+"""The query service's composition root: `create_app(settings)`; nothing runs at import."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from litestar import Litestar
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+from litestar.types import ControllerRouterHandler
+
+from services.core.db import QUERY_ROLE, open_async_pool
+from services.core.logging import configure_logging
+from services.core.settings import Settings
+from services.query.controllers import HealthController, SessionsController, UsersController
+from services.query.errors import EXCEPTION_HANDLERS
+from services.query.middleware import RequestContextMiddleware
+from services.query.reader import provide_reader
+from services.query.streaming import StreamController
+
+# Every route of the query service. The live stream (services/query/streaming.py) joins here.
+ROUTE_HANDLERS: list[ControllerRouterHandler] = [
+    HealthController,
+    SessionsController,
+    UsersController,
+    StreamController,
+]
+
+
+def create_app(settings: Settings) -> Litestar:
+    configure_logging(settings.log_level, settings.log_json)
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        # SET ROLE chat_query on every connection: RLS-bound, SELECT only.
+        pool = await open_async_pool(settings.database_url, role=QUERY_ROLE)
+        app.state.pool = pool
+        try:
+            yield
+        finally:
+            app.state.pool = None
+            await pool.close()
+
+    return Litestar(
+        route_handlers=ROUTE_HANDLERS,
+        lifespan=[lifespan],
+        state=State({"settings": settings, "pool": None}),
+        dependencies={"reader": Provide(provide_reader)},
+        exception_handlers=EXCEPTION_HANDLERS,
+        middleware=[RequestContextMiddleware()],
+        openapi_config=OpenAPIConfig(
+            title="Chat sessions: query API",
+            version="1.0.0",
+            path="/schema",
+            description="Reads of the caller's sessions, messages and profile. Every "
+            'endpoint takes `X-User-ID`; errors are `{"error": code, "detail": text}`.',
+        ),
+    )

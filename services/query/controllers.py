@@ -1,0 +1,126 @@
+"""HTTP handlers: parse, call one function, return a Struct. Errors: services/query/errors.py."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from litestar import Controller, Response, get
+from litestar.datastructures import ResponseHeader, State
+from litestar.di import NamedDependency
+from litestar.params import PathParameter, QueryParameter
+from litestar.status_codes import HTTP_503_SERVICE_UNAVAILABLE
+
+from services.query import messages, sessions
+from services.query.consistency import LAG_HEADER
+from services.query.errors import error_responses
+from services.query.health import database_ready
+from services.query.reader import Reader
+from services.query.users import UserProfile
+
+LAG_RESPONSE_HEADER = ResponseHeader(
+    name=LAG_HEADER,
+    documentation_only=True,
+    required=False,
+    description="`true` when min_position was given and the read model had not applied it "
+    "within the wait bound: the body is what there is, possibly without the caller's write.",
+)
+
+
+class SessionsController(Controller):
+    path = "/api/v1/sessions"
+    tags = ("sessions",)
+    response_headers = (LAG_RESPONSE_HEADER,)
+
+    @get("/", operation_id="listSessions", responses=error_responses(400, 401))
+    async def list_sessions(
+        self,
+        reader: NamedDependency[Reader],
+        limit: Annotated[
+            int, QueryParameter(ge=1, le=sessions.MAX_LIMIT, description="Page size.")
+        ] = sessions.DEFAULT_LIMIT,
+        before: Annotated[
+            str | None,
+            QueryParameter(description="The `next_cursor` of the previous page (opaque)."),
+        ] = None,
+    ) -> Response[sessions.SessionPage]:
+        """The caller's sessions, newest activity first."""
+        cursor = sessions.decode_cursor(before) if before is not None else None
+        page = await sessions.list_sessions(reader.conn, reader.user.user_id, limit, cursor)
+        return reader.respond(page)
+
+    @get(
+        "/{session_id:str}/messages",
+        operation_id="listSessionMessages",
+        responses=error_responses(400, 401, 404),
+    )
+    async def list_messages(
+        self,
+        reader: NamedDependency[Reader],
+        session_id: Annotated[str, PathParameter(description="The session's id (UUID).")],
+        limit: Annotated[
+            int, QueryParameter(ge=1, le=messages.MAX_LIMIT, description="Page size.")
+        ] = messages.DEFAULT_LIMIT,
+        offset: Annotated[
+            int, QueryParameter(ge=0, le=messages.MAX_OFFSET, description="Messages to skip.")
+        ] = 0,
+        after: Annotated[
+            str | None,
+            QueryParameter(
+                description="Keyset: messages after this sequence number or message id "
+                "(a message id not in this session is 404 `message_not_found`). "
+                "Not with offset."
+            ),
+        ] = None,
+        before: Annotated[
+            str | None,
+            QueryParameter(
+                description="Keyset: the messages just before this sequence number or "
+                "message id, still in chronological order. Not with offset."
+            ),
+        ] = None,
+    ) -> Response[messages.MessagePage]:
+        """A page of the session's messages in chronological order."""
+        page = await messages.page_of_messages(
+            reader.conn,
+            messages.parse_session_id(session_id),
+            limit=limit,
+            offset=offset,
+            after=messages.parse_anchor("after", after),
+            before=messages.parse_anchor("before", before),
+        )
+        return reader.respond(page)
+
+
+class UsersController(Controller):
+    path = "/api/v1/users"
+    tags = ("users",)
+    response_headers = (LAG_RESPONSE_HEADER,)
+
+    @get("/me", operation_id="getCurrentUser", responses=error_responses(400, 401))
+    async def me(self, reader: NamedDependency[Reader]) -> Response[UserProfile]:
+        """The caller's profile."""
+        return reader.respond(reader.user)
+
+
+class HealthController(Controller):
+    path = "/"
+    tags = ("health",)
+
+    @get("/healthz", operation_id="queryHealthz")
+    async def healthz(self) -> dict[str, str]:
+        """Alive (the process answers)."""
+        return {"status": "ok"}
+
+    @get(
+        "/readyz",
+        operation_id="queryReadyz",
+        responses=error_responses(503),
+    )
+    async def readyz(self, state: State) -> Response[dict[str, str]]:
+        """Ready when a `SELECT 1` through the pool works; else 503 with the error body."""
+        if await database_ready(state.pool):
+            return Response({"status": "ready"})
+        return Response(
+            {"error": "not_ready", "detail": "the database is not reachable"},
+            status_code=HTTP_503_SERVICE_UNAVAILABLE,
+        )

@@ -1,0 +1,97 @@
+"""The per-request read transaction: one pooled connection, the caller set as app.user_id.
+
+Handlers take a `Reader` (an app-level dependency). By the time they see it, the caller is
+authenticated against the read model and any requested min_position has been waited for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+from typing import Annotated, Any, TypeVar
+
+import structlog
+from litestar import Response
+from litestar.datastructures import State
+from litestar.params import HeaderParameter, QueryParameter
+from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool
+
+from services.core.db import SET_USER
+from services.core.settings import Settings
+from services.query.auth import USER_HEADER, parse_user_id, unknown_user
+from services.query.consistency import (
+    LAG_HEADER,
+    MIN_POSITION_HEADER,
+    parse_min_position,
+    wait_for_position,
+)
+from services.query.users import UserProfile, fetch_user
+
+T = TypeVar("T")
+log = structlog.get_logger("query.reader")
+CONNECTION_TIMEOUT_SECONDS = 10.0
+# The seed's functions take optional bounds (`p IS NULL OR col < p`, `coalesce(p, 0)`). A
+# generic plan, which prepared statements and plpgsql's plan cache switch to after five
+# calls on a connection, keeps those bounds out of the index condition: a cursor or keyset
+# page then walks (and filters) every row before it, like an offset. Custom plans see the
+# values. Transaction-local, like app.user_id (bench/read_path.py measures both modes).
+CUSTOM_PLANS = "SET LOCAL plan_cache_mode = force_custom_plan"
+
+
+@dataclass(frozen=True, slots=True)
+class Reader:
+    conn: AsyncConnection[Any]
+    user: UserProfile
+    projection_lag: bool
+
+    def respond(self, content: T) -> Response[T]:
+        headers = {LAG_HEADER: "true"} if self.projection_lag else None
+        return Response(content, headers=headers)
+
+
+async def provide_reader(
+    state: State,
+    x_user_id: Annotated[
+        str | None,
+        HeaderParameter(name=USER_HEADER, description="The caller (set by the gateway), a UUID."),
+    ] = None,
+    x_min_position: Annotated[
+        str | None,
+        HeaderParameter(
+            name=MIN_POSITION_HEADER,
+            description="Read-your-writes: wait until the read model has applied this event "
+            "position (as returned by the command service). On timeout the response "
+            f"carries `{LAG_HEADER}: true`.",
+        ),
+    ] = None,
+    min_position: Annotated[
+        str | None,
+        QueryParameter(
+            name="min_position", description=f"The same as the {MIN_POSITION_HEADER} header."
+        ),
+    ] = None,
+) -> AsyncGenerator[Reader, None]:
+    user_id = parse_user_id(x_user_id)
+    position = parse_min_position(x_min_position, min_position)
+    settings: Settings = state.settings
+    pool: AsyncConnectionPool = state.pool
+
+    lag = False
+    if position is not None:
+        reached = await wait_for_position(pool, position, settings.min_position_wait_seconds)
+        if not reached:
+            lag = True
+            log.info("projection_lag", min_position=position)
+
+    async with pool.connection(timeout=CONNECTION_TIMEOUT_SECONDS) as conn, conn.transaction():
+        # Transaction-local (is_local = true): it ends with the transaction, so the pooled
+        # connection goes back with app.user_id = '' and RLS shows the next borrower nothing.
+        async with conn.pipeline():  # one round trip for the three
+            await conn.execute(SET_USER, (str(user_id),))
+            await conn.execute(CUSTOM_PLANS)
+            user = await fetch_user(conn, user_id)
+        if user is None:
+            raise unknown_user()
+        structlog.contextvars.bind_contextvars(user_id=str(user_id))
+        yield Reader(conn=conn, user=user, projection_lag=lag)

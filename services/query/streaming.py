@@ -1,0 +1,127 @@
+"""GET /api/v1/sessions/{id}/stream: the session's live reply as Server-Sent Events.
+
+The events come from services/core/live.py (a Redis Stream per session), so this handler
+only checks who may listen: the caller must be a known user and own the session, read under
+RLS as the query role like every other query route (another user's session is the same 404
+as a missing one), and may hold at most settings.max_streams_per_user streams at once,
+counted in Redis (a lease per stream, see StreamLease) so the cap holds across instances.
+
+The ownership check runs in its own short transaction before streaming starts: a stream
+may stay open for minutes and must not pin a pooled connection (the app's Reader
+dependency would hold one for the whole response).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+from uuid import UUID
+
+import structlog
+from litestar import Controller, get
+from litestar.datastructures import State
+from litestar.params import Parameter
+from litestar.response import ServerSentEvent
+from psycopg_pool import AsyncConnectionPool
+
+from services.core.db import SET_USER
+from services.core.live import StreamLease, live_redis, sse_response, sse_stream
+from services.core.settings import Settings
+from services.query.auth import USER_HEADER, parse_user_id, unknown_user
+from services.query.consistency import MIN_POSITION_HEADER, parse_min_position, wait_for_position
+from services.query.errors import ApiError, BadRequest, NotFound, error_responses
+from services.query.messages import parse_session_id
+from services.query.users import fetch_user
+
+log = structlog.get_logger("query.streaming")
+
+SESSION_VISIBLE = "SELECT 1 FROM sessions WHERE session_id = %s"  # RLS: the caller's only
+CONNECTION_TIMEOUT_SECONDS = 10.0
+
+
+class TooManyStreams(ApiError):
+    status_code = 429
+    code = "too_many_streams"
+
+
+async def check_session_owner(
+    pool: AsyncConnectionPool[Any], user_id: UUID, session_id: UUID
+) -> None:
+    """401 for an unknown user, 404 unless the session is the caller's (RLS decides)."""
+    async with pool.connection(timeout=CONNECTION_TIMEOUT_SECONDS) as conn, conn.transaction():
+        await conn.execute(SET_USER, (str(user_id),))
+        if await fetch_user(conn, user_id) is None:
+            raise unknown_user()
+        cur = await conn.execute(SESSION_VISIBLE, (session_id,))
+        if await cur.fetchone() is None:
+            raise NotFound("session not found", code="session_not_found")
+
+
+def _parse_reply_to(raw: str | None) -> UUID | None:
+    if raw is None:
+        return None
+    try:
+        return UUID(raw)
+    except ValueError:
+        raise BadRequest("reply_to must be a message id (UUID)", code="invalid_reply_to") from None
+
+
+class StreamController(Controller):
+    path = "/api/v1/sessions"
+    tags = ("sessions",)
+
+    @get(
+        "/{session_id:str}/stream",
+        operation_id="streamSession",
+        responses=error_responses(400, 401, 404, 429),
+    )
+    async def stream(
+        self,
+        state: State,
+        session_id: Annotated[str, Parameter(description="The session's id (UUID).")],
+        x_user_id: Annotated[
+            str | None, Parameter(header=USER_HEADER, description="The caller, a UUID.")
+        ] = None,
+        last_event_id: Annotated[
+            str | None,
+            Parameter(header="Last-Event-ID", description="Resume after this event id."),
+        ] = None,
+        x_min_position: Annotated[
+            str | None,
+            Parameter(
+                header=MIN_POSITION_HEADER,
+                description="Wait until the read model has this event (a new session).",
+            ),
+        ] = None,
+        min_position: Annotated[
+            str | None, Parameter(query="min_position", description="As X-Min-Position.")
+        ] = None,
+        reply_to: Annotated[
+            str | None,
+            Parameter(
+                query="reply_to",
+                description="Follow the reply to this user message (the `message_id` POST "
+                "/chat answered), waiting for it to start, instead of the latest reply.",
+            ),
+        ] = None,
+    ) -> ServerSentEvent:
+        """The session's live reply: `delta` events ({"text"}), the stored `message`, then
+        `done` (or `error`); heartbeat comments while idle. Without Last-Event-ID it starts
+        at the beginning of the latest reply, waiting for one if none is being written;
+        with `reply_to`, at the beginning of the reply to that message (right after POST
+        /chat the latest reply may still be the previous one)."""
+        user_id = parse_user_id(x_user_id)
+        sid = parse_session_id(session_id)
+        reply = _parse_reply_to(reply_to)
+        settings: Settings = state.settings
+        position = parse_min_position(x_min_position, min_position)
+        if position is not None:
+            await wait_for_position(state.pool, position, settings.min_position_wait_seconds)
+        await check_session_owner(state.pool, user_id, sid)
+        redis = live_redis(state, settings)
+        lease = await StreamLease.acquire(redis, settings, user_id)
+        if lease is None:
+            raise TooManyStreams(f"at most {settings.max_streams_per_user} open streams per user")
+        log.info("stream_opened", session_id=str(sid), resume=last_event_id is not None)
+        return sse_response(
+            sse_stream(redis, settings, sid, last_event_id, reply_to=reply, lease=lease)
+        )
