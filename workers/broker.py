@@ -23,7 +23,9 @@ ASSISTANT_ACTOR = "assistant_reply"
 
 def make_broker(settings: Settings) -> RedisBroker:
     """A Redis broker whose keys live under the deployment's prefix."""
-    broker = RedisBroker(url=settings.redis_url, namespace=f"{settings.redis_prefix}dramatiq")
+    # Socket time-outs: a hung Redis must fail an enqueue, not hang the request behind it.
+    broker = RedisBroker(url=settings.redis_url, namespace=f"{settings.redis_prefix}dramatiq",
+                         socket_timeout=5, socket_connect_timeout=2)
     broker.declare_queue(PROJECTOR_QUEUE)
     broker.declare_queue(ASSISTANT_QUEUE)
     return broker

@@ -205,7 +205,13 @@ def project_batch(
         if done:
             last = done[-1]
             conn.execute(SAVE_CHECKPOINT, (str(last.txid), last.position, PROJECTION))
-        return len(done)
+    # after commit: a line per event, carrying the ids of the request that caused it
+    for recorded in done:
+        log.info("event_projected", position=recorded.position, type=recorded.type,
+                 stream_id=recorded.stream_id,
+                 request_id=recorded.metadata.get("request_id"),
+                 correlation_id=recorded.metadata.get("correlation_id"))
+    return len(done)
 
 
 def _apply_carefully(

@@ -10,6 +10,7 @@ from typing import Any
 
 import psycopg
 import pytest
+import structlog.testing
 
 from services.command.app import create_app
 from services.core import events as ev
@@ -151,3 +152,23 @@ def test_a_deleted_session_leaves_no_row_and_no_text(
     stored = db.execute("SELECT string_agg(data::text, '') FROM events WHERE stream_id = %s",
                         (f"session-{session}",)).fetchone()[0]
     assert secret not in stored
+
+
+def test_a_request_id_travels_into_event_metadata_and_the_projector_log(
+    command_url: str, db: psycopg.Connection[Any]
+) -> None:
+    user = _user(command_url)
+    request_id = uuid.uuid4().hex
+    with structlog.testing.capture_logs() as logs, client(command_url, user) as c:
+        r = c.post("/api/v1/chat", json={"text": "traced"},
+                   headers={"Accept": "application/json", "X-Request-ID": request_id})
+        assert r.status_code == 202
+        position = r.json()["position"]
+        wait_until(lambda: any(e.get("event") == "event_projected"
+                               and e.get("position") == position for e in list(logs)))
+    metadata = db.execute("SELECT metadata->>'request_id' FROM events WHERE position = %s",
+                          (position,)).fetchone()
+    assert metadata == (request_id,)
+    line = next(e for e in logs if e.get("event") == "event_projected"
+                and e.get("position") == position)
+    assert line["request_id"] == request_id
