@@ -1,0 +1,380 @@
+"""The live reply relay: assistant deltas travel to SSE clients through one Redis Stream per
+session, shared by the query service's GET .../stream and the command service's POST /chat.
+
+Why a Redis Stream: every entry has an id that is also the SSE event id, so a client that
+reconnects with Last-Event-ID gets exactly what it missed, any number of clients (and
+service instances) read the same reply, and the writer never waits for readers. Length is
+bounded (XADD MAXLEN ~) and the key expires (EXPIRE refreshed on each write).
+
+Entries: `type` (started | delta | message | done | error), `reply` (the user message id the
+reply answers, so readers can tell concurrent replies in one session apart) and `data` (the
+SSE data, JSON). `started` is an internal marker, never sent to clients; its id is also kept
+in `{prefix}live:{session}:latest` so a reader without Last-Event-ID starts at the beginning
+of the latest reply. Every key here starts with settings.redis_prefix.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import time
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
+from contextlib import aclosing
+from typing import Any
+
+import anyio
+import redis
+import redis.asyncio as aioredis
+import structlog
+from litestar.response import ServerSentEvent
+from litestar.response.sse import ServerSentEventMessage
+
+from services.core.settings import Settings
+
+log = structlog.get_logger("live")
+
+STARTED, DELTA, MESSAGE, DONE, ERROR = "started", "delta", "message", "done", "error"
+_FINAL = frozenset({DONE, ERROR})
+STOP_TTL_SECONDS = 30  # a stop is for the reply being written now, not one hours later
+_STREAM_ID = re.compile(r"^\d+-\d+$")
+_MAX_SEQ = 2**64 - 1
+_READ_COUNT = 256
+
+# XADD + EXPIRE + (SET latest | EXPIRE latest) in one step: a reader never sees a reply's
+# `started` entry without `latest` pointing at it, and the two keys expire together.
+_APPEND_LUA = """
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
+                      'type', ARGV[3], 'reply', ARGV[4], 'data', ARGV[5])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+if ARGV[6] == '1' then
+    redis.call('SET', KEYS[2], id, 'EX', ARGV[2])
+else
+    redis.call('EXPIRE', KEYS[2], ARGV[2])
+end
+return id
+"""
+
+
+def live_key(settings: Settings, session_id: uuid.UUID | str) -> str:
+    return f"{settings.redis_prefix}live:{session_id}"
+
+
+def latest_key(settings: Settings, session_id: uuid.UUID | str) -> str:
+    return f"{settings.redis_prefix}live:{session_id}:latest"
+
+
+def stop_key(settings: Settings, session_id: uuid.UUID | str) -> str:
+    return f"{settings.redis_prefix}stop:{session_id}"
+
+
+def streams_key(settings: Settings, user_id: uuid.UUID | str) -> str:
+    return f"{settings.redis_prefix}streams:{user_id}"
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+# The writer (sync: the assistant runs in worker threads) ---------------------------------
+
+
+class LiveWriter:
+    """Writes one reply's entries. Call reply_started first; every later entry carries the
+    same `reply` so readers can follow this reply alone."""
+
+    def __init__(self, client: redis.Redis, settings: Settings, session_id: uuid.UUID) -> None:
+        self._settings = settings
+        self._keys = [live_key(settings, session_id), latest_key(settings, session_id)]
+        self._append = client.register_script(_APPEND_LUA)
+        self._reply = ""
+
+    def _write(self, kind: str, data: Mapping[str, Any], *, start: bool = False) -> str:
+        s = self._settings
+        entry_id = self._append(
+            keys=self._keys,
+            args=[
+                s.live_stream_maxlen,
+                s.live_stream_ttl_seconds,
+                kind,
+                self._reply,
+                json.dumps(data, default=str),
+                "1" if start else "0",
+            ],
+        )
+        return _text(entry_id)
+
+    def reply_started(self, turn_id: uuid.UUID | None, reply_to: uuid.UUID) -> str:
+        self._reply = str(reply_to)
+        data = {"turn_id": turn_id and str(turn_id), "reply_to": self._reply}
+        return self._write(STARTED, data, start=True)
+
+    def delta(self, text: str) -> str:
+        return self._write(DELTA, {"text": text})
+
+    def message(self, message: Mapping[str, Any]) -> str:
+        return self._write(MESSAGE, message)
+
+    def done(self, **info: Any) -> str:
+        return self._write(DONE, {"reply_to": self._reply, **info})
+
+    def error(self, code: str, detail: str) -> str:
+        return self._write(ERROR, {"error": code, "detail": detail, "reply_to": self._reply})
+
+
+def stop_requested(client: redis.Redis, settings: Settings, session_id: uuid.UUID) -> bool:
+    return bool(client.exists(stop_key(settings, session_id)))
+
+
+def clear_stop(client: redis.Redis, settings: Settings, session_id: uuid.UUID) -> None:
+    client.delete(stop_key(settings, session_id))
+
+
+async def request_stop(client: aioredis.Redis, settings: Settings, session_id: uuid.UUID) -> None:
+    """Asks the reply being written in the session to stop. The assistant clears the key
+    when it starts a reply, so a stop sent while nothing runs cannot cut the next one short."""
+    await client.set(stop_key(settings, session_id), "1", ex=STOP_TTL_SECONDS)
+
+
+# The reader (async: the HTTP services) -------------------------------------------------
+
+
+def _before(entry_id: str) -> str:
+    """The largest stream id below `entry_id`: XREAD is exclusive, and we want to read the
+    `started` entry itself."""
+    ms, seq = (int(part) for part in entry_id.split("-"))
+    if seq > 0:
+        return f"{ms}-{seq - 1}"
+    return f"{ms - 1}-{_MAX_SEQ}" if ms > 0 else "0-0"
+
+
+def heartbeat() -> ServerSentEventMessage:
+    # A comment line: keeps proxies and clients from timing the connection out, and is
+    # ignored by EventSource (data=None: no `data:` line, so no event is dispatched).
+    return ServerSentEventMessage(comment="heartbeat", data=None)
+
+
+def _entries(response: Any) -> list[tuple[str, dict[str, str]]]:
+    """XREAD's answer (RESP2 list or RESP3 dict) → [(id, fields)]."""
+    if not response:
+        return []
+    streams = response.values() if isinstance(response, dict) else (r[1] for r in response)
+    out: list[tuple[str, dict[str, str]]] = []
+    for entries in streams:
+        for entry_id, fields in entries:
+            out.append((_text(entry_id), {_text(k): _text(v) for k, v in fields.items()}))
+    return out
+
+
+class _Cursor:
+    """Where to start reading and which reply to follow; see relay()."""
+
+    def __init__(self, position: str, target: str | None, following: bool) -> None:
+        self.position = position
+        self.target = target
+        self.following = following
+
+
+async def _start(
+    client: aioredis.Redis,
+    settings: Settings,
+    session_id: str,
+    last_event_id: str | None,
+    reply_to: str | None,
+) -> _Cursor:
+    if last_event_id is not None:
+        # Resume: follow the reply the client was in. If that entry ended its reply (or is
+        # gone), the client has all of it and gets the next reply to start.
+        rows = await client.xrange(
+            live_key(settings, session_id), last_event_id, last_event_id, count=1
+        )
+        if rows:
+            fields = {_text(k): _text(v) for k, v in (rows[0][1] or {}).items()}
+            if fields.get("type") in _FINAL:
+                return _Cursor(last_event_id, reply_to, following=False)
+            return _Cursor(last_event_id, reply_to or fields.get("reply"), following=True)
+        return _Cursor(last_event_id, reply_to, following=reply_to is None)
+    latest = await client.get(latest_key(settings, session_id))
+    # No latest reply: the stream is empty or expired with it (they expire together), so
+    # reading from the very beginning catches the next reply's `started` without a race.
+    start = _before(_text(latest)) if latest else "0-0"
+    return _Cursor(start, reply_to, following=False)
+
+
+async def relay(
+    client: aioredis.Redis,
+    settings: Settings,
+    session_id: uuid.UUID | str,
+    last_event_id: str | None = None,
+    *,
+    reply_to: uuid.UUID | str | None = None,
+    start_timeout: float | None = None,
+) -> AsyncGenerator[ServerSentEventMessage, None]:
+    """One reply's SSE events: `delta` ({"text"}), `message` (the stored message), then
+    `done` or `error`, each with id = its Redis entry id; heartbeat comments while idle.
+
+    - no last_event_id: the latest reply from its start (waiting for one if there is none);
+    - last_event_id: exactly the entries after it (a malformed id is ignored);
+    - reply_to: the reply to that user message only, waiting for it to start (POST /chat);
+      start_timeout then bounds the wait, ending with an `error` event (no id).
+    Ends after `done` or `error`. Cancelling or closing it leaves nothing behind: the only
+    resource is a pooled connection that redis-py returns (or drops) on cancellation.
+    """
+    sid = str(session_id)
+    target_reply = str(reply_to) if reply_to is not None else None
+    if last_event_id is not None and not _STREAM_ID.match(last_event_id.strip()):
+        log.info("live_bad_last_event_id", session_id=sid, last_event_id=last_event_id[:64])
+        last_event_id = None
+    cursor = await _start(
+        client, settings, sid, last_event_id and last_event_id.strip(), target_reply
+    )
+    key = live_key(settings, sid)
+    beat = settings.sse_heartbeat_seconds
+    last_sent = time.monotonic()
+    deadline = None if start_timeout is None or cursor.following else last_sent + start_timeout
+    try:
+        while True:
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                yield ServerSentEventMessage(
+                    event=ERROR,
+                    data=json.dumps(
+                        {
+                            "error": "reply_not_started",
+                            "detail": "the reply did not start in time",
+                            "reply_to": target_reply,
+                        }
+                    ),
+                )
+                return
+            wait = beat - (now - last_sent)
+            if wait <= 0:
+                yield heartbeat()
+                last_sent = time.monotonic()
+                continue
+            if deadline is not None:
+                wait = min(wait, deadline - now)
+            response = await client.xread(
+                {key: cursor.position}, count=_READ_COUNT, block=max(1, int(wait * 1000))
+            )
+            for entry_id, fields in _entries(response):
+                cursor.position = entry_id
+                kind, reply = fields.get("type", ""), fields.get("reply", "")
+                if kind == STARTED:
+                    if not cursor.following and cursor.target in (None, reply):
+                        cursor.target, cursor.following, deadline = reply, True, None
+                    continue
+                if not cursor.following:
+                    continue
+                if cursor.target is None:
+                    cursor.target = reply
+                if reply != cursor.target:
+                    continue  # another reply written concurrently in the same session
+                yield ServerSentEventMessage(event=kind, id=entry_id, data=fields.get("data"))
+                last_sent = time.monotonic()
+                if kind in _FINAL:
+                    return
+    finally:
+        log.debug("live_relay_closed", session_id=sid, position=cursor.position)
+
+
+# Per-user cap on concurrent streams ---------------------------------------------------
+
+
+class StreamLease:
+    """One open stream of a user, counted in Redis so the cap holds across every service
+    instance (and both services). Each lease is a member of a sorted set scored by its
+    expiry: a process that dies without releasing frees its slots when the lease runs out,
+    and live streams renew theirs while they run (at least once per heartbeat)."""
+
+    def __init__(self, client: aioredis.Redis, key: str, token: str, seconds: float) -> None:
+        self._client, self._key, self._token, self._seconds = client, key, token, seconds
+        self._renewed = time.monotonic()
+
+    @classmethod
+    async def acquire(
+        cls, client: aioredis.Redis, settings: Settings, user_id: uuid.UUID
+    ) -> StreamLease | None:
+        """A lease, or None when the user already has settings.max_streams_per_user."""
+        key = streams_key(settings, user_id)
+        seconds = 3 * settings.sse_heartbeat_seconds + 10
+        token = secrets.token_hex(8)
+        now = time.time()
+        async with client.pipeline(transaction=True) as pipe:
+            pipe.zremrangebyscore(key, "-inf", now)
+            pipe.zadd(key, {token: now + seconds})
+            pipe.zcard(key)
+            pipe.expire(key, int(seconds) + 1)
+            _, _, count, _ = await pipe.execute()
+        if count > settings.max_streams_per_user:
+            await client.zrem(key, token)
+            return None
+        return cls(client, key, token, seconds)
+
+    async def renew(self) -> None:
+        if time.monotonic() - self._renewed < self._seconds / 3:
+            return
+        self._renewed = time.monotonic()
+        async with self._client.pipeline(transaction=True) as pipe:
+            pipe.zadd(self._key, {self._token: time.time() + self._seconds}, xx=True)
+            pipe.expire(self._key, int(self._seconds) + 1)
+            await pipe.execute()
+
+    async def release(self) -> None:
+        await self._client.zrem(self._key, self._token)
+
+
+async def sse_stream(
+    client: aioredis.Redis,
+    settings: Settings,
+    session_id: uuid.UUID | str,
+    last_event_id: str | None = None,
+    *,
+    reply_to: uuid.UUID | str | None = None,
+    start_timeout: float | None = None,
+    prelude: Iterable[ServerSentEventMessage] = (),
+    lease: StreamLease | None = None,
+) -> AsyncGenerator[ServerSentEventMessage, None]:
+    """The body of a live SSE response: `prelude` (POST /chat's `session` event), then
+    relay(). Renews `lease` as events and heartbeats flow and releases it however the
+    stream ends, a client disconnect included."""
+    try:
+        for event in prelude:
+            yield event
+        async with aclosing(
+            relay(
+                client,
+                settings,
+                session_id,
+                last_event_id,
+                reply_to=reply_to,
+                start_timeout=start_timeout,
+            )
+        ) as events:
+            async for event in events:
+                if lease is not None:
+                    await lease.renew()
+                yield event
+    finally:
+        if lease is not None:
+            # Litestar cancels the response's task group on disconnect and anyio keeps
+            # cancelling every await in that scope: shield the release so it happens.
+            with anyio.CancelScope(shield=True):
+                await lease.release()
+
+
+def sse_response(events: AsyncIterator[ServerSentEventMessage]) -> ServerSentEvent:
+    """A text/event-stream response over sse_stream(); Litestar's own headers already turn
+    off proxy buffering (X-Accel-Buffering: no) and caching."""
+    return ServerSentEvent(events)
+
+
+def live_redis(state: Any, settings: Settings) -> aioredis.Redis:
+    """The app's asyncio Redis client: `state.redis` when the app's lifespan opened one,
+    else one made on first use and kept on the state (the apps' lifespans predate this)."""
+    client = getattr(state, "redis", None) or getattr(state, "live_redis", None)
+    if client is None:
+        client = aioredis.Redis.from_url(settings.redis_url)
+        state.live_redis = client
+    return client  # type: ignore[no-any-return]

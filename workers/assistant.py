@@ -1,0 +1,374 @@
+"""The assistant: answers one user message, streaming the reply live and storing it.
+
+`answer` is the plain function behind the `assistant_reply` actor (tests call it directly).
+It is idempotent: a message already answered (or whose reply already failed) is left alone,
+and so is a session that is gone, so duplicated or retried messages never double a reply.
+
+Order of effects: deltas go to the live stream as they arrive; the stored MessagePosted is
+appended before the live `message` + `done`, so a client that saw `done` can rely on the
+event store having the reply. Every failure ends the live stream with `error` and leaves an
+AssistantReplyFailed, so no client waits on a reply that will never come.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+import structlog
+
+from services.core.events import AssistantReplyFailed, Event, MessagePosted, session_stream
+from services.core.eventstore import (
+    ConcurrencyError,
+    RecordedEvent,
+    StreamAppend,
+    append_sync,
+    read_stream_sync,
+    stream_info_sync,
+)
+from services.core.live import LiveWriter, clear_stop, stop_requested
+from workers.broker import nudge_projector
+from workers.providers import ChatMessage, Provider, ProviderError, make_provider
+from workers.runtime import WorkerRuntime
+
+log = structlog.get_logger("assistant")
+
+SYSTEM_PROMPT = (
+    "You are a creative writing assistant. Help the user plan and write their story: "
+    "be concrete, encouraging and brief, and end with a question that moves the work on."
+)
+APPEND_ATTEMPTS = 5  # the session stream moves on only when its owner writes: rarely
+SELECT_RECORDED_AT = "SELECT recorded_at FROM events WHERE position = %s"
+
+
+class _Plan(msgspec.Struct, kw_only=True):
+    """What answering needs, read from the session's events."""
+
+    session_id: uuid.UUID
+    reply_to: uuid.UUID
+    turn_id: uuid.UUID | None
+    owner_id: uuid.UUID
+    version: int  # the stream version seen; the append expects it (or a re-read newer one)
+    context: list[ChatMessage]
+    event_metadata: dict[str, Any]
+
+
+class _Outcome(msgspec.Struct, kw_only=True):
+    text: str
+    finish_reason: str
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    latency_ms: int
+    first_token_ms: int | None
+
+
+def answer(
+    runtime: WorkerRuntime,
+    session_id: str,
+    message_id: str,
+    *,
+    provider: Provider | None = None,
+) -> None:
+    """Writes the assistant's reply to user message `message_id` of session `session_id`.
+    `provider` defaults to the one settings name (tests pass their own)."""
+    sid, mid = uuid.UUID(session_id), uuid.UUID(message_id)
+    with structlog.contextvars.bound_contextvars(session_id=session_id, message_id=message_id):
+        plan = _plan(runtime, sid, mid)
+        if plan is None:
+            return
+        writer = LiveWriter(runtime.redis, runtime.settings, sid)
+        clear_stop(runtime.redis, runtime.settings, sid)  # a stale stop must not cut this one
+        writer.reply_started(plan.turn_id, mid)
+        started = time.monotonic()
+        s = runtime.settings
+        try:
+            chosen = provider or make_provider(s)
+        except Exception as exc:  # misconfigured: still end the stream and record why
+            log.exception("provider_unavailable")
+            _fail(
+                runtime,
+                writer,
+                plan,
+                (s.llm_provider, s.llm_model),
+                "provider_unavailable",
+                str(exc),
+                started,
+            )
+            return
+        try:
+            _reply(runtime, chosen, plan, writer, started)
+        finally:
+            if provider is None:  # made here: release its connections
+                close = getattr(chosen, "close", None)
+                if close is not None:
+                    close()
+
+
+def _reply(
+    runtime: WorkerRuntime, provider: Provider, plan: _Plan, writer: LiveWriter, started: float
+) -> None:
+    names = (provider.name, provider.model)
+    log.info("reply_started", provider=provider.name, model=provider.model)
+    try:
+        outcome = _generate(runtime, provider, plan, writer, started)
+    except ProviderError as exc:
+        log.warning("reply_failed", error=exc.code, detail=exc.detail)
+        _fail(runtime, writer, plan, names, exc.code, exc.detail, started)
+        return
+    except BaseException as exc:  # a bug, or Dramatiq's time limit: still end the stream
+        log.exception("reply_crashed")
+        _fail(runtime, writer, plan, names, "internal_error", type(exc).__name__, started)
+        raise
+    _store(runtime, writer, plan, provider, outcome)
+
+
+def _plan(runtime: WorkerRuntime, sid: uuid.UUID, mid: uuid.UUID) -> _Plan | None:
+    stream_id = session_stream(sid)
+    with runtime.pool.connection() as conn:
+        info = stream_info_sync(conn, stream_id)
+        events = read_stream_sync(conn, stream_id) if info and not info.deleted else []
+    if info is None or info.deleted:
+        log.info("reply_skipped", reason="session_missing_or_deleted")
+        return None
+    if _answered(events, mid):
+        log.info("reply_skipped", reason="already_answered")
+        return None
+    question = next(
+        (r for r in events if isinstance(r.event, MessagePosted) and r.event.message_id == mid),
+        None,
+    )
+    if question is None or not isinstance(question.event, MessagePosted):
+        log.warning("reply_skipped", reason="message_not_found")
+        return None
+    if question.event.role != "user":
+        log.warning("reply_skipped", reason="not_a_user_message")
+        return None
+    return _Plan(
+        session_id=sid,
+        reply_to=mid,
+        turn_id=question.event.turn_id,
+        owner_id=info.owner_id or question.event.user_id,
+        version=info.version,
+        context=_context(events, question.version, runtime.settings.llm_context_messages),
+        event_metadata=_event_metadata(question, mid, info.owner_id or question.event.user_id),
+    )
+
+
+def _answered(events: Sequence[RecordedEvent], mid: uuid.UUID) -> bool:
+    for recorded in events:
+        e = recorded.event
+        if isinstance(e, MessagePosted) and e.role == "assistant" and e.reply_to == mid:
+            return True
+        if isinstance(e, AssistantReplyFailed) and e.reply_to == mid:
+            return True
+    return False
+
+
+def _context(events: Sequence[RecordedEvent], upto: int, limit: int) -> list[ChatMessage]:
+    """The conversation up to the question (later messages are not its context), last
+    `limit` messages, after a system prompt. Purged (redacted) messages are left out."""
+    history: list[ChatMessage] = []
+    for recorded in events:
+        e = recorded.event
+        if recorded.version > upto:
+            break
+        if isinstance(e, MessagePosted) and not e.redacted and e.content:
+            history.append({"role": e.role, "content": e.content})
+    recent = history[-limit:] if limit > 0 else history
+    return [{"role": "system", "content": SYSTEM_PROMPT}, *recent]
+
+
+def _event_metadata(question: RecordedEvent, mid: uuid.UUID, owner_id: uuid.UUID) -> dict[str, Any]:
+    """The reply is caused by the question and shares its correlation (and request) id."""
+    meta: dict[str, Any] = {"user_id": str(owner_id), "causation_id": str(question.position)}
+    for key in ("correlation_id", "request_id"):
+        if key in question.metadata:
+            meta[key] = question.metadata[key]
+    meta.setdefault("correlation_id", str(mid))
+    return meta
+
+
+def _ms(since: float) -> int:
+    return int((time.monotonic() - since) * 1000)
+
+
+def _generate(
+    runtime: WorkerRuntime, provider: Provider, plan: _Plan, writer: LiveWriter, started: float
+) -> _Outcome:
+    parts: list[str] = []
+    finish: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    first_token_ms: int | None = None
+    chunks = provider.stream(plan.context)
+    try:
+        for chunk in chunks:
+            if chunk.prompt_tokens is not None:
+                prompt_tokens = chunk.prompt_tokens
+            if chunk.completion_tokens is not None:
+                completion_tokens = chunk.completion_tokens
+            finish = chunk.finish_reason or finish
+            if not chunk.text:
+                continue
+            if first_token_ms is None:
+                first_token_ms = _ms(started)
+            parts.append(chunk.text)
+            writer.delta(chunk.text)
+            # Checked between deltas: a stop lands within one delta of being asked for.
+            if stop_requested(runtime.redis, runtime.settings, plan.session_id):
+                log.info("reply_stopped", chars=sum(map(len, parts)))
+                finish = "stopped"
+                break
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()  # ends the provider's HTTP response when we stop early
+    return _Outcome(
+        text="".join(parts),
+        finish_reason=finish or "stop",
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens if finish != "stopped" else None,
+        latency_ms=_ms(started),
+        first_token_ms=first_token_ms,
+    )
+
+
+class _Stored(msgspec.Struct, frozen=True):
+    position: int
+    recorded_at: dt.datetime
+
+
+def _append(runtime: WorkerRuntime, plan: _Plan, event: Event) -> _Stored | str:
+    """Appends at the stream's current version, re-reading on a concurrent append. Returns
+    where it was stored, or why nothing was appended ("deleted" / "answered")."""
+    stream_id = session_stream(plan.session_id)
+    for attempt in range(1, APPEND_ATTEMPTS + 1):
+        try:
+            with runtime.pool.connection() as conn:
+                info = stream_info_sync(conn, stream_id)
+                if info is None or info.deleted:
+                    return "deleted"
+                if info.version != plan.version:
+                    if _answered(read_stream_sync(conn, stream_id, plan.version), plan.reply_to):
+                        return "answered"  # a duplicate delivery got there first
+                    plan.version = info.version
+                stream = StreamAppend(
+                    stream_id=stream_id, expected_version=plan.version, events=[event]
+                )
+                (position,) = append_sync(conn, [stream], plan.event_metadata)
+                row = conn.execute(SELECT_RECORDED_AT, (position,)).fetchone()
+                assert row is not None  # inserted by this very transaction
+                return _Stored(position, row[0])
+        except ConcurrencyError:
+            log.info("append_conflict", attempt=attempt)
+    raise ConcurrencyError(stream_id, plan.version)
+
+
+def _nudge(runtime: WorkerRuntime) -> None:
+    try:
+        nudge_projector(runtime.broker)
+    except Exception:  # the projector's sweep picks the event up anyway
+        log.warning("projector_nudge_failed", exc_info=True)
+
+
+def _store(
+    runtime: WorkerRuntime, writer: LiveWriter, plan: _Plan, provider: Provider, out: _Outcome
+) -> None:
+    metadata: dict[str, Any] = {
+        "provider": provider.name,
+        "model": provider.model,
+        "prompt_tokens": out.prompt_tokens,
+        "completion_tokens": out.completion_tokens,
+        "latency_ms": out.latency_ms,
+        "first_token_ms": out.first_token_ms,
+        "finish_reason": out.finish_reason,
+        **provider.extra_metadata,
+    }
+    event = MessagePosted(
+        session_id=plan.session_id,
+        message_id=uuid.uuid4(),
+        user_id=plan.owner_id,
+        role="assistant",
+        content=out.text,
+        turn_id=plan.turn_id,
+        reply_to=plan.reply_to,
+        metadata=metadata,
+    )
+    try:
+        result = _append(runtime, plan, event)
+    except BaseException as exc:
+        log.exception("reply_store_failed")
+        _live(writer.error, "store_failed", f"the reply could not be stored ({type(exc).__name__})")
+        raise
+    if isinstance(result, str):
+        log.info("reply_not_stored", reason=result)
+        if result == "deleted":
+            _live(writer.error, "session_deleted", "the session was deleted")
+        return
+    _nudge(runtime)
+    writer.message(
+        {
+            "message_id": str(event.message_id),
+            "session_id": str(plan.session_id),
+            "role": "assistant",
+            "content": out.text,
+            "metadata": metadata,
+            "created_at": result.recorded_at.isoformat(),
+            "turn_id": plan.turn_id and str(plan.turn_id),
+            "reply_to": str(plan.reply_to),
+        }
+    )
+    writer.done(message_id=str(event.message_id), finish_reason=out.finish_reason)
+    log.info(
+        "reply_stored",
+        position=result.position,
+        finish_reason=out.finish_reason,
+        latency_ms=out.latency_ms,
+        chars=len(out.text),
+    )
+
+
+def _live(write: Any, code: str, detail: str) -> None:
+    """A live write on a failure path: Redis being down must not hide the first failure."""
+    try:
+        write(code, detail)
+    except Exception:
+        log.warning("live_write_failed", code=code, exc_info=True)
+
+
+def _fail(
+    runtime: WorkerRuntime,
+    writer: LiveWriter,
+    plan: _Plan,
+    names: tuple[str, str],
+    code: str,
+    detail: str,
+    started: float,
+) -> None:
+    # Clients get the code and a plain message, never the provider's detail (it can name
+    # internal hosts or echo upstream bodies); the event and the logs keep the detail.
+    _live(writer.error, code, f"the assistant could not reply ({code})")  # first: stop waiting
+    provider_name, model = names
+    event = AssistantReplyFailed(
+        session_id=plan.session_id,
+        turn_id=plan.turn_id,
+        reply_to=plan.reply_to,
+        error=f"{code}: {detail}",
+        metadata={
+            "provider": provider_name,
+            "model": model,
+            "error_code": code,
+            "latency_ms": _ms(started),
+        },
+    )
+    try:
+        result = _append(runtime, plan, event)
+    except Exception:
+        log.exception("reply_failure_not_stored")
+        return
+    if not isinstance(result, str):
+        _nudge(runtime)
