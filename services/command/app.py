@@ -13,6 +13,7 @@ from litestar.di import NamedDependency, Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.params import HeaderParameter
 from psycopg_pool import AsyncConnectionPool
+from redis import asyncio as aioredis
 
 from services.command.auth import (
     REQUEST_IDS_KEY,
@@ -25,13 +26,19 @@ from services.command.controllers import ChatController, SessionController, User
 from services.command.errors import EXCEPTION_HANDLERS
 from services.command.stop import StopController
 from services.core.db import open_async_pool
+from services.core.health import health_controller
 from services.core.logging import configure_logging
 from services.core.settings import Settings
 from workers.broker import make_broker
 
 # Add a controller here to serve it.
-CONTROLLERS: list[type[Controller]] = [UserController, ChatController, SessionController]
-CONTROLLERS.append(StopController)  # services/command/stop.py
+CONTROLLERS: list[type[Controller]] = [
+    health_controller("command"),
+    UserController,
+    ChatController,
+    SessionController,
+    StopController,
+]
 
 
 def provide_pool(state: State) -> AsyncConnectionPool[Any]:
@@ -72,10 +79,12 @@ def create_app(settings: Settings, broker: dramatiq.Broker | None = None) -> Lit
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         # The owner user, no role: the command side writes the event store, nothing else.
         app.state.pool = await open_async_pool(settings.database_url)
+        app.state.redis = aioredis.Redis.from_url(settings.redis_url)  # live replies, stop
         try:
             yield
         finally:
             await app.state.pool.close()
+            await app.state.redis.aclose()
             if own_broker:
                 the_broker.close()
 

@@ -14,7 +14,9 @@ import dramatiq
 import msgspec
 import psycopg
 import structlog
+from litestar.response import ServerSentEvent, ServerSentEventMessage
 from psycopg_pool import AsyncConnectionPool
+from redis import asyncio as aioredis
 
 from services.command import notify
 from services.command.auth import Caller
@@ -28,6 +30,7 @@ from services.core.events import (
     session_stream,
 )
 from services.core.eventstore import StreamAppend, append
+from services.core.live import StreamLease, sse_response, sse_stream
 from services.core.settings import Settings
 
 log = structlog.get_logger("command.chat")
@@ -38,6 +41,8 @@ SELECT (data->>'project_id')::uuid FROM events WHERE stream_id = %s AND version 
 """
 
 TITLE_CHARS = 60
+# A streamed POST gives up (with an `error` event) when no worker starts the reply by then.
+REPLY_START_TIMEOUT_SECONDS = 30.0
 
 
 class PostChat(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -71,8 +76,10 @@ def title_from(text: str) -> str:
     return text.splitlines()[0].strip()[:TITLE_CHARS]
 
 
-def stream_url(session_id: uuid.UUID) -> str:
-    return f"/api/v1/sessions/{session_id}/stream"
+def stream_url(session_id: uuid.UUID, position: int, message_id: uuid.UUID) -> str:
+    """Where the reply is followed: waits for this message to be projected (so the session
+    exists on the query side) and starts at the reply to it, not at an earlier one."""
+    return f"/api/v1/sessions/{session_id}/stream?min_position={position}&reply_to={message_id}"
 
 
 async def post_chat(
@@ -110,6 +117,21 @@ async def post_chat(
     return accepted
 
 
+def reply_events(
+    redis: aioredis.Redis, settings: Settings, accepted: ChatAccepted, lease: StreamLease
+) -> ServerSentEvent:
+    """The streamed answer: a `session` event with what was stored, then the reply relayed
+    from the session's live stream (delta..., message, done) by the code the query service's
+    stream uses."""
+    session = ServerSentEventMessage(
+        event="session", data=msgspec.json.encode(accepted).decode()
+    )
+    return sse_response(sse_stream(
+        redis, settings, accepted.session_id, reply_to=accepted.message_id,
+        start_timeout=REPLY_START_TIMEOUT_SECONDS, prelude=[session], lease=lease,
+    ))
+
+
 def _message(caller: Caller, session_id: uuid.UUID, text: str) -> MessagePosted:
     return MessagePosted(
         session_id=session_id,
@@ -132,7 +154,7 @@ def _accepted(
         message_id=message.message_id,
         created=created,
         position=max(positions),
-        stream_url=stream_url(message.session_id),
+        stream_url=stream_url(message.session_id, max(positions), message.message_id),
     )
 
 

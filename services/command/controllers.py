@@ -7,16 +7,22 @@ from http import HTTPStatus
 from typing import Any
 
 import dramatiq
-from litestar import Controller, delete, post, put
+from litestar import Controller, Request, Response, delete, post, put
+from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, JSONBody
+from litestar.status_codes import HTTP_202_ACCEPTED
 from psycopg_pool import AsyncConnectionPool
 
 from services.command import chat, sessions, users
 from services.command.auth import Caller, RequestIds
-from services.command.errors import ErrorBody
+from services.command.errors import ErrorBody, TooManyStreams
+from services.core.live import StreamLease, live_redis
 from services.core.settings import Settings
+
+EVENT_STREAM = "text/event-stream"
+JSON = "application/json"
 
 
 def errors(*statuses: int) -> dict[int, ResponseSpec]:
@@ -50,19 +56,44 @@ class ChatController(Controller):
     tags = ("chat",)
 
     @post(
-        "", operation_id="postChat", status_code=202, responses=errors(401, 404, 409, 413, 503)
+        "",
+        operation_id="postChat",
+        status_code=202,
+        responses={
+            200: ResponseSpec(
+                str, media_type="text/event-stream", generate_examples=False,
+                description="The default answer: server-sent events `session`, then "
+                "`delta`..., `message`, `done` (or `error`).",
+            ),
+            **errors(401, 404, 409, 413, 429, 503),
+        },
     )
     async def post_chat(
         self,
+        request: Request[Any, Any, Any],
         data: JSONBody[chat.PostChat],
         pool: NamedDependency[AsyncConnectionPool[Any]],
         broker: NamedDependency[dramatiq.Broker],
         settings: NamedDependency[Settings],
         caller: NamedDependency[Caller],
-    ) -> chat.ChatAccepted:
+        state: State,
+    ) -> Response[Any]:
         """Posts the user's message (starting a session, and a project, when none is given)
-        and asks the assistant to reply; the reply is followed at `stream_url`."""
-        return await chat.post_chat(pool, broker, settings, caller, data)
+        and asks the assistant to reply. With `Accept: application/json`: 202 with the ids
+        and `stream_url`; otherwise the reply itself as server-sent events."""
+        if request.accept.best_match([EVENT_STREAM, JSON], default=EVENT_STREAM) == JSON:
+            accepted = await chat.post_chat(pool, broker, settings, caller, data)
+            return Response(accepted, status_code=HTTP_202_ACCEPTED)
+        redis = live_redis(state, settings)
+        lease = await StreamLease.acquire(redis, settings, caller.user_id)
+        if lease is None:
+            raise TooManyStreams(f"at most {settings.max_streams_per_user} open streams per user")
+        try:
+            accepted = await chat.post_chat(pool, broker, settings, caller, data)
+        except BaseException:
+            await lease.release()
+            raise
+        return chat.reply_events(redis, settings, accepted, lease)
 
 
 class SessionController(Controller):

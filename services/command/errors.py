@@ -61,6 +61,10 @@ class TooLarge(CommandError):
     status_code, code = 413, "too_large"
 
 
+class TooManyStreams(CommandError):
+    status_code, code = 429, "too_many_streams"
+
+
 class Unavailable(CommandError):
     status_code, code = 503, "unavailable"
 

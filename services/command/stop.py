@@ -13,6 +13,8 @@ from typing import Any
 import structlog
 from litestar import Controller, post
 from litestar.datastructures import State
+from litestar.di import NamedDependency
+from litestar.params import FromPath
 from psycopg_pool import AsyncConnectionPool
 
 from services.command.auth import Caller
@@ -32,11 +34,11 @@ class StopController(Controller):
     @post("/stop", operation_id="stopReply", status_code=204, responses=errors(401, 404))
     async def stop_reply(
         self,
-        session_id: uuid.UUID,
+        session_id: FromPath[uuid.UUID],
         state: State,
-        pool: AsyncConnectionPool[Any],
-        settings: Settings,
-        caller: Caller,
+        pool: NamedDependency[AsyncConnectionPool[Any]],
+        settings: NamedDependency[Settings],
+        caller: NamedDependency[Caller],
     ) -> None:
         """Stops the assistant's reply in progress; what it wrote so far is kept."""
         async with pool.connection() as conn:

@@ -20,41 +20,41 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", omit_de
 
 
 # stream user-<uuid>
-class UserRegistered(Event, tag="UserRegistered"):
+class UserRegistered(Event, tag="UserRegistered", frozen=True):
     user_id: uuid.UUID
     email: str | None = None
     display_name: str | None = None
     avatar_url: str | None = None
 
 
-class UserProfileUpdated(Event, tag="UserProfileUpdated"):
+class UserProfileUpdated(Event, tag="UserProfileUpdated", frozen=True):
     user_id: uuid.UUID
     email: str | None = None
     display_name: str | None = None
     avatar_url: str | None = None
 
 
-class ProjectLinked(Event, tag="ProjectLinked"):
+class ProjectLinked(Event, tag="ProjectLinked", frozen=True):
     user_id: uuid.UUID
     project_id: uuid.UUID
 
 
 # stream project-<uuid>
-class ProjectCreated(Event, tag="ProjectCreated"):
+class ProjectCreated(Event, tag="ProjectCreated", frozen=True):
     project_id: uuid.UUID
     owner_id: uuid.UUID
     title: str = ""
 
 
 # stream session-<uuid>
-class SessionStarted(Event, tag="SessionStarted"):
+class SessionStarted(Event, tag="SessionStarted", frozen=True):
     session_id: uuid.UUID
     user_id: uuid.UUID
     project_id: uuid.UUID
     title: str | None = None
 
 
-class MessagePosted(Event, tag="MessagePosted"):
+class MessagePosted(Event, tag="MessagePosted", frozen=True):
     session_id: uuid.UUID
     message_id: uuid.UUID
     user_id: uuid.UUID
@@ -67,21 +67,21 @@ class MessagePosted(Event, tag="MessagePosted"):
     redacted: bool = False
 
 
-class SessionRenamed(Event, tag="SessionRenamed"):
+class SessionRenamed(Event, tag="SessionRenamed", frozen=True):
     session_id: uuid.UUID
     title: str = ""
     redacted: bool = False
 
 
-class SessionArchived(Event, tag="SessionArchived"):
+class SessionArchived(Event, tag="SessionArchived", frozen=True):
     session_id: uuid.UUID
 
 
-class SessionDeleted(Event, tag="SessionDeleted"):
+class SessionDeleted(Event, tag="SessionDeleted", frozen=True):
     session_id: uuid.UUID
 
 
-class AssistantReplyFailed(Event, tag="AssistantReplyFailed"):
+class AssistantReplyFailed(Event, tag="AssistantReplyFailed", frozen=True):
     session_id: uuid.UUID
     turn_id: uuid.UUID | None = None
     reply_to: uuid.UUID | None = None

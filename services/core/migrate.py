@@ -46,7 +46,7 @@ def migrate(
         conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
         try:
             conn.execute(CREATE_LEDGER)
-            applied = dict(conn.execute(SELECT_APPLIED).fetchall())
+            applied: dict[str, str] = dict(conn.execute(SELECT_APPLIED).fetchall())
             for path in pending_files(directory):
                 sql = path.read_text()
                 checksum = hashlib.sha256(sql.encode()).hexdigest()

@@ -10,11 +10,13 @@ from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.types import ControllerRouterHandler
+from redis import asyncio as aioredis
 
 from services.core.db import QUERY_ROLE, open_async_pool
+from services.core.health import health_controller
 from services.core.logging import configure_logging
 from services.core.settings import Settings
-from services.query.controllers import HealthController, SessionsController, UsersController
+from services.query.controllers import SessionsController, UsersController
 from services.query.errors import EXCEPTION_HANDLERS
 from services.query.middleware import RequestContextMiddleware
 from services.query.reader import provide_reader
@@ -22,7 +24,7 @@ from services.query.streaming import StreamController
 
 # Every route of the query service. The live stream (services/query/streaming.py) joins here.
 ROUTE_HANDLERS: list[ControllerRouterHandler] = [
-    HealthController,
+    health_controller("query"),
     SessionsController,
     UsersController,
     StreamController,
@@ -37,11 +39,13 @@ def create_app(settings: Settings) -> Litestar:
         # SET ROLE chat_query on every connection: RLS-bound, SELECT only.
         pool = await open_async_pool(settings.database_url, role=QUERY_ROLE)
         app.state.pool = pool
+        app.state.redis = aioredis.Redis.from_url(settings.redis_url)  # live reply streams
         try:
             yield
         finally:
             app.state.pool = None
             await pool.close()
+            await app.state.redis.aclose()
 
     return Litestar(
         route_handlers=ROUTE_HANDLERS,

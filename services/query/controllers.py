@@ -5,15 +5,13 @@ from __future__ import annotations
 from typing import Annotated
 
 from litestar import Controller, Response, get
-from litestar.datastructures import ResponseHeader, State
+from litestar.datastructures import ResponseHeader
 from litestar.di import NamedDependency
 from litestar.params import PathParameter, QueryParameter
-from litestar.status_codes import HTTP_503_SERVICE_UNAVAILABLE
 
 from services.query import messages, sessions
 from services.query.consistency import LAG_HEADER
 from services.query.errors import error_responses
-from services.query.health import database_ready
 from services.query.reader import Reader
 from services.query.users import UserProfile
 
@@ -100,27 +98,3 @@ class UsersController(Controller):
     async def me(self, reader: NamedDependency[Reader]) -> Response[UserProfile]:
         """The caller's profile."""
         return reader.respond(reader.user)
-
-
-class HealthController(Controller):
-    path = "/"
-    tags = ("health",)
-
-    @get("/healthz", operation_id="queryHealthz")
-    async def healthz(self) -> dict[str, str]:
-        """Alive (the process answers)."""
-        return {"status": "ok"}
-
-    @get(
-        "/readyz",
-        operation_id="queryReadyz",
-        responses=error_responses(503),
-    )
-    async def readyz(self, state: State) -> Response[dict[str, str]]:
-        """Ready when a `SELECT 1` through the pool works; else 503 with the error body."""
-        if await database_ready(state.pool):
-            return Response({"status": "ready"})
-        return Response(
-            {"error": "not_ready", "detail": "the database is not reachable"},
-            status_code=HTTP_503_SERVICE_UNAVAILABLE,
-        )

@@ -19,7 +19,7 @@ from uuid import UUID
 import structlog
 from litestar import Controller, get
 from litestar.datastructures import State
-from litestar.params import Parameter
+from litestar.params import HeaderParameter, PathParameter, QueryParameter
 from litestar.response import ServerSentEvent
 from psycopg_pool import AsyncConnectionPool
 
@@ -77,28 +77,28 @@ class StreamController(Controller):
     async def stream(
         self,
         state: State,
-        session_id: Annotated[str, Parameter(description="The session's id (UUID).")],
+        session_id: Annotated[str, PathParameter(description="The session's id (UUID).")],
         x_user_id: Annotated[
-            str | None, Parameter(header=USER_HEADER, description="The caller, a UUID.")
+            str | None, HeaderParameter(name=USER_HEADER, description="The caller, a UUID.")
         ] = None,
         last_event_id: Annotated[
             str | None,
-            Parameter(header="Last-Event-ID", description="Resume after this event id."),
+            HeaderParameter(name="Last-Event-ID", description="Resume after this event id."),
         ] = None,
         x_min_position: Annotated[
             str | None,
-            Parameter(
-                header=MIN_POSITION_HEADER,
+            HeaderParameter(
+                name=MIN_POSITION_HEADER,
                 description="Wait until the read model has this event (a new session).",
             ),
         ] = None,
         min_position: Annotated[
-            str | None, Parameter(query="min_position", description="As X-Min-Position.")
+            str | None, QueryParameter(name="min_position", description="As X-Min-Position.")
         ] = None,
         reply_to: Annotated[
             str | None,
-            Parameter(
-                query="reply_to",
+            QueryParameter(
+                name="reply_to",
                 description="Follow the reply to this user message (the `message_id` POST "
                 "/chat answered), waiting for it to start, instead of the latest reply.",
             ),

@@ -20,10 +20,19 @@ import redis
 
 from services.command.app import create_app
 from services.core.settings import Settings
-from tests.integration.conftest import client, serve
+from tests.integration.conftest import client as plain_client
+from tests.integration.conftest import serve
 from workers.broker import ASSISTANT_QUEUE, PROJECTOR_QUEUE, make_broker
 
 # --- fixtures and helpers -----------------------------------------------------------------
+
+
+def client(base_url: str, user_id: Any | None = None) -> httpx.Client:
+    """The JSON form of the API: POST /chat answers 202 (its default, streamed form is
+    tested in test_chat_stream.py, with a worker to write the reply)."""
+    c = plain_client(base_url, user_id)
+    c.headers["Accept"] = "application/json"
+    return c
 
 
 @pytest.fixture(scope="module")
@@ -211,7 +220,8 @@ def test_a_first_message_starts_a_session_and_a_project_in_one_transaction(
     body = response.json()
     session_id, project_id = body["session_id"], body["project_id"]
     assert body["created"] is True
-    assert body["stream_url"] == f"/api/v1/sessions/{session_id}/stream"
+    assert body["stream_url"] == (f"/api/v1/sessions/{session_id}/stream?min_position="
+                                  f"{body['position']}&reply_to={body['message_id']}")
 
     project = stream_events(db, f"project-{project_id}")
     session = stream_events(db, f"session-{session_id}")
