@@ -30,6 +30,70 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     return serve(settings, args.what)
 
 
+def _replay(settings: Settings, args: argparse.Namespace) -> int:
+    from workers.replay import PROJECTIONS, ReplayBusy, replay
+
+    names = list(PROJECTIONS) if args.projection == "all" else [args.projection]
+    try:
+        done = replay(settings.database_url, names, batch_size=settings.replay_batch_size)
+    except ReplayBusy as exc:
+        print(f"chatctl replay: {exc}", file=sys.stderr)
+        return 1
+    for name, count in done.items():
+        print(f"{name}: rebuilt from {count} events and swapped in")
+    return 0
+
+
+def _import_legacy(settings: Settings, _args: argparse.Namespace) -> int:
+    from workers.legacy_import import import_legacy
+
+    print(import_legacy(settings.database_url))
+    return 0
+
+
+def _events_tail(settings: Settings, args: argparse.Namespace) -> int:
+    import psycopg
+    import redis
+
+    from workers.publisher import start_id, stream_key, tail
+
+    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        start = start_id(conn, args.from_position)
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        tail(client, stream_key(settings), start, group=args.group, consumer=args.consumer,
+             follow=args.follow, limit=args.limit)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        client.close()
+    return 0
+
+
+def _add_operations(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from workers.replay import PROJECTIONS
+
+    replay = commands.add_parser(
+        "replay", help="rebuild projections from the event store aside, then swap them in")
+    replay.add_argument("projection", nargs="?", default="all",
+                        choices=["all", *PROJECTIONS])
+    replay.set_defaults(run=_replay)
+    commands.add_parser(
+        "import-legacy", help="turn legacy dossier/turns rows into events (idempotent)"
+    ).set_defaults(run=_import_legacy)
+    events = commands.add_parser("events", help="the analytics event stream")
+    events_commands = events.add_subparsers(dest="events_command", required=True)
+    tail = events_commands.add_parser(
+        "tail", help="print the stream, one line per event (as a consumer group with --group)")
+    tail.add_argument("--from", dest="from_position", type=int, default=None,
+                      metavar="POSITION", help="start at this event position")
+    tail.add_argument("--group", default=None, help="read as this consumer group (XACKs)")
+    tail.add_argument("--consumer", default="chatctl", help="consumer name within the group")
+    tail.add_argument("-f", "--follow", action="store_true", help="keep waiting for more")
+    tail.add_argument("-n", "--limit", type=int, default=None, help="stop after N events")
+    tail.set_defaults(run=_events_tail)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="chatctl", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -41,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     serve = commands.add_parser("serve", help="run a service (or all of them)")
     serve.add_argument("what", choices=["command", "query", "gateway", "all"])
     serve.set_defaults(run=_serve)
+    _add_operations(commands)
 
     args = parser.parse_args(argv)
     settings = Settings.from_env()

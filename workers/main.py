@@ -1,4 +1,5 @@
-"""The worker process: Dramatiq worker threads plus the projector's periodic sweep."""
+"""The worker process: Dramatiq worker threads, the projector's periodic sweep and the
+analytics publisher."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import structlog
 
 from services.core.settings import Settings
 from workers.actors import declare_actors, project_pending
+from workers.broker import ASSISTANT_QUEUE, PROJECTOR_QUEUE
+from workers.publisher import run_publisher
 from workers.runtime import WorkerRuntime
 
 log = structlog.get_logger("worker")
@@ -31,18 +34,32 @@ def running_worker(settings: Settings, threads: int = 4) -> Iterator[WorkerRunti
     """Starts the worker threads and the sweep; stops both on exit."""
     runtime = WorkerRuntime.open(settings)
     declare_actors(runtime)
-    worker = dramatiq.Worker(runtime.broker, worker_threads=threads, worker_timeout=100)
+    # Two pools of threads: projection nudges must never queue behind assistant replies
+    # (a reply holds its thread for seconds).
+    projecting = dramatiq.Worker(runtime.broker, queues={PROJECTOR_QUEUE}, worker_threads=2,
+                                 worker_timeout=100)
+    answering = dramatiq.Worker(runtime.broker, queues={ASSISTANT_QUEUE},
+                                worker_threads=threads, worker_timeout=100)
     stop = threading.Event()
     sweeper = threading.Thread(target=_sweep, args=(runtime, stop), name="sweep", daemon=True)
-    worker.start()
+    # the analytics stream: one thread polling the store (one publisher runs at a time
+    # across processes: its checkpoint row is taken SKIP LOCKED)
+    publishing = threading.Thread(
+        target=run_publisher, args=(settings, runtime.pool, runtime.redis, stop),
+        name="publisher", daemon=True)
+    projecting.start()
+    answering.start()
     sweeper.start()
+    publishing.start()
     log.info("worker_started", threads=threads)
     try:
         yield runtime
     finally:
         stop.set()
-        worker.stop()
+        projecting.stop()
+        answering.stop()
         sweeper.join(timeout=10)
+        publishing.join(timeout=10)
         runtime.close()
         log.info("worker_stopped")
 

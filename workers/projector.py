@@ -82,13 +82,21 @@ ARCHIVE_SESSION = "UPDATE sessions SET is_active = false, updated_at = %s WHERE 
 DELETE_SESSION_TURNS = "DELETE FROM turns WHERE session_id = %s"
 DELETE_SESSION = "DELETE FROM sessions WHERE session_id = %s"
 
-# A legacy turn per user message; its project and owner come from the session.
+# A legacy turn per user message; its project and owner come from the session. A turn that
+# already exists without a session is a legacy one being imported (workers/legacy_import.py
+# posts its message with the turn's own id): it is linked to the session and left exactly
+# as a fresh insert would be, so a replay (which inserts it fresh) gives the same row.
 INSERT_TURNS = """
 INSERT INTO turns (turn_id, project_id, user_text, created_at, session_id, user_id)
 SELECT t.turn_id, s.project_id, t.user_text, t.created_at, s.session_id, s.user_id
   FROM unnest(%s::uuid[], %s::uuid[], %s::text[], %s::timestamptz[])
        AS t(turn_id, session_id, user_text, created_at)
   JOIN sessions s USING (session_id)
+ON CONFLICT (turn_id) DO UPDATE
+   SET project_id = EXCLUDED.project_id, user_text = EXCLUDED.user_text,
+       assistant_text = NULL, created_at = EXCLUDED.created_at,
+       session_id = EXCLUDED.session_id, user_id = EXCLUDED.user_id
+ WHERE turns.session_id IS NULL
 """
 # The per-session sequence continues from sessions.last_seq (kept by the trigger).
 INSERT_MESSAGES = """
@@ -176,6 +184,16 @@ def _apply(conn: psycopg.Connection[Any], recorded: RecordedEvent, buffer: _Mess
             pass  # the live stream told the client; the read model keeps no failed replies
 
 
+def apply_events(conn: psycopg.Connection[Any], batch: list[RecordedEvent]) -> None:
+    """Writes the read-model rows for these events in the caller's transaction, through
+    unqualified table names (replay points search_path at the tables it builds). Raises
+    psycopg.Error when an event cannot be applied."""
+    buffer = _MessageBuffer()
+    for recorded in batch:
+        _apply(conn, recorded, buffer)
+    buffer.flush(conn)
+
+
 def project_batch(
     conn: psycopg.Connection[Any], *, batch_size: int = 500, max_attempts: int = 3
 ) -> int | None:
@@ -194,11 +212,10 @@ def project_batch(
         if not batch:
             return 0
         try:
-            with conn.transaction():  # savepoint: the fast path, the whole batch at once
-                buffer = _MessageBuffer()
-                for recorded in batch:
-                    _apply(conn, recorded, buffer)
-                buffer.flush(conn)
+            # the fast path, the whole batch in one savepoint; pipeline mode sends the
+            # statements without waiting for each answer
+            with conn.pipeline(), conn.transaction():
+                apply_events(conn, batch)
             done = batch
         except psycopg.Error:
             done = _apply_carefully(conn, batch, max_attempts)
@@ -221,9 +238,7 @@ def _apply_carefully(
     for i, recorded in enumerate(batch):
         try:
             with conn.transaction():
-                buffer = _MessageBuffer()
-                _apply(conn, recorded, buffer)
-                buffer.flush(conn)
+                apply_events(conn, [recorded])
         except psycopg.Error as exc:
             parked = conn.execute(COUNT_FAILURE, {
                 "projection": PROJECTION, "position": recorded.position,

@@ -27,6 +27,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     projector_batch_size: int = 500
     projector_sweep_seconds: float = 0.25
     projector_max_attempts: int = 3
+    # The analytics event stream (Redis Stream <prefix><events_stream>)
+    events_stream: str = "events"
+    events_stream_maxlen: int = 1_000_000
+    publisher_batch_size: int = 1_000
+    publisher_poll_seconds: float = 0.25
+    replay_batch_size: int = 10_000
     # Live reply streams (Redis Streams per session)
     live_stream_maxlen: int = 10_000
     live_stream_ttl_seconds: int = 3600

@@ -1,0 +1,528 @@
+"""`chatctl replay`: rebuild a projection from the event store aside, then swap it in.
+
+How, and why this way:
+
+1. Build aside. The projection's tables are created afresh in the schema `rebuild`, copied
+   from the live tables' catalog entries (columns, defaults, checks, keys, foreign keys among
+   themselves, indexes, triggers, row level security, policies, owner, grants) rather than
+   from a DDL template of our own, so the copy cannot drift from the migrations; a test
+   compares both catalogs. Everything is copied under its own name, so after the swap the
+   tables look exactly as the migrations left them and later migrations still find them.
+2. Project. The projector's own code (workers/projector.py) applies the events: it names
+   its tables unqualified, so `SET LOCAL search_path = rebuild, public` points its writes,
+   and the statement-level trigger function's UPDATE of `sessions`, at the new tables while
+   `events` and the checkpoints still resolve to public. The rebuild follows its own
+   checkpoint row (`<projection>@rebuild`) in batches of REBUILD_BATCH events, one
+   transaction each, so an interrupted build has lost at most one batch of work, and the
+   query side keeps reading the live tables meanwhile (the live projector keeps them current).
+3. Swap, in one transaction: lock the live checkpoint row FOR UPDATE (the live projector
+   takes it SKIP LOCKED, so it pauses rather than waits), apply the events that arrived
+   meanwhile, take ACCESS EXCLUSIVE locks on old and new tables, move the old ones to the
+   schema `retired` and the new ones into public (ALTER TABLE ... SET SCHEMA keeps OIDs, so
+   indexes, triggers, policies and foreign keys travel along), and copy the rebuild's
+   checkpoint onto the live one. A query that was waiting for the lock resolves its table
+   names again once it gets it (PostgreSQL re-resolves a name after invalidation), so it
+   reads the new table; cached plans are invalidated the same way. Lock waits are capped by
+   SWAP_LOCK_TIMEOUT, shorter than deadlock_timeout, so a query transaction that holds one
+   table and wants another makes the swap give up and retry instead of being killed as a
+   deadlock victim. The seed's functions are bound to no table OID (SQL functions are parsed
+   at call time, PL/pgSQL plans are invalidated), so they read the new tables at once.
+4. Drop the retired tables with RESTRICT: should anything outside the set depend on them
+   (a view, a foreign key from another table), the drop fails loudly instead of silently
+   cascading to that object.
+
+Interrupted at any point, a run leaves either the old read model serving (before the swap
+commits) or the new one (after); the next run drops the leftovers of `rebuild` and
+`retired` and starts over. One replay runs at a time (a session advisory lock).
+
+Rows no event produced. The legacy dossier and turns rows written by the old system before
+the import (dossier rows without a `project-<id>` stream, turns with no session) are not the
+projection's to rebuild: they are copied across, once before the build (so events that refer
+to a legacy project find it) and again inside the swap transaction (what the legacy endpoint
+wrote meanwhile), deleting rows the live tables no longer have.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+import psycopg
+import structlog
+from psycopg import sql
+
+from services.core.db import PROJECTOR_ROLE, SET_LOCAL_ROLE
+from services.core.eventstore import Checkpoint, RecordedEvent, read_all_sync
+from workers import projector
+
+log = structlog.get_logger("replay")
+
+REBUILD_SCHEMA = "rebuild"
+RETIRED_SCHEMA = "retired"
+REBUILD_BATCH = 10_000  # events per build transaction (also the catch-up step in the swap)
+SWAP_LOCK_TIMEOUT = "300ms"  # below the default deadlock_timeout (1 s): see the docstring
+SWAP_ATTEMPTS = 50
+_REPLAY_LOCK_KEY = 7_246_002  # arbitrary, constant: one replay at a time
+
+# Catalog reads. They run with search_path = public, so names in the generated definitions
+# come out unqualified and resolve to the rebuild tables when run with search_path = rebuild.
+SELECT_CONSTRAINTS = """
+SELECT c.conname, c.contype, pg_get_constraintdef(c.oid, true),
+       CASE WHEN c.contype = 'f' THEN c.confrelid::regclass::text END
+  FROM pg_constraint c
+ WHERE c.conrelid = %s::regclass AND c.contype IN ('p', 'u', 'c', 'f', 'x')
+ ORDER BY c.contype = 'f', c.conname
+"""
+SELECT_INDEXES = """
+SELECT pg_get_indexdef(i.indexrelid, 0, true)
+  FROM pg_index i
+ WHERE i.indrelid = %s::regclass
+   AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid)
+ ORDER BY i.indexrelid::regclass::text
+"""
+SELECT_TRIGGERS = """
+SELECT pg_get_triggerdef(t.oid, true) FROM pg_trigger t
+ WHERE t.tgrelid = %s::regclass AND NOT t.tgisinternal
+ ORDER BY t.tgname
+"""
+SELECT_TABLE = """
+SELECT pg_get_userbyid(c.relowner), c.relrowsecurity, c.relforcerowsecurity
+  FROM pg_class c WHERE c.oid = %s::regclass
+"""
+SELECT_GRANTS = """
+SELECT pg_get_userbyid(a.grantee), a.privilege_type
+  FROM pg_class c, aclexplode(c.relacl) a
+ WHERE c.oid = %s::regclass AND a.grantee <> c.relowner AND a.grantee <> 0
+ ORDER BY 1, 2
+"""
+SELECT_POLICIES = """
+SELECT p.polname, p.polpermissive,
+       CASE p.polcmd WHEN 'r' THEN 'SELECT' WHEN 'a' THEN 'INSERT' WHEN 'w' THEN 'UPDATE'
+                     WHEN 'd' THEN 'DELETE' ELSE 'ALL' END,
+       ARRAY(SELECT CASE WHEN r = 0 THEN 'public' ELSE pg_get_userbyid(r) END
+               FROM unnest(p.polroles) r ORDER BY 1),
+       pg_get_expr(p.polqual, p.polrelid, true), pg_get_expr(p.polwithcheck, p.polrelid, true)
+  FROM pg_policy p WHERE p.polrelid = %s::regclass
+ ORDER BY p.polname
+"""
+
+TRY_REPLAY_LOCK = "SELECT pg_try_advisory_lock(%s)"
+REPLAY_UNLOCK = "SELECT pg_advisory_unlock(%s)"
+DROP_REBUILD = f"DROP SCHEMA IF EXISTS {REBUILD_SCHEMA} CASCADE"
+SELECT_RETIRED_TABLES = """
+SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE n.nspname = %s AND c.relkind = 'r'
+"""
+CREATE_REBUILD = f"CREATE SCHEMA {REBUILD_SCHEMA}"
+CREATE_RETIRED = f"CREATE SCHEMA {RETIRED_SCHEMA}"
+GRANT_REBUILD_USAGE = "GRANT USAGE ON SCHEMA {} TO {}"
+SEARCH_PUBLIC = "SET LOCAL search_path = public"
+SEARCH_REBUILD = f"SET LOCAL search_path = {REBUILD_SCHEMA}, public"
+RESET_LOCAL_ROLE = "SET LOCAL ROLE NONE"
+SET_LOCK_TIMEOUT = f"SET LOCAL lock_timeout = '{SWAP_LOCK_TIMEOUT}'"
+LIKE_TABLE = (
+    "CREATE TABLE {new} (LIKE {old} INCLUDING DEFAULTS INCLUDING GENERATED INCLUDING IDENTITY"
+    " INCLUDING STORAGE INCLUDING COMPRESSION INCLUDING COMMENTS INCLUDING STATISTICS)"
+)
+
+RESET_CHECKPOINT = """
+INSERT INTO projection_checkpoints (name) VALUES (%s)
+ON CONFLICT (name) DO UPDATE SET last_txid = '0'::xid8, last_position = 0,
+                                 updated_at = clock_timestamp()
+"""
+SELECT_CHECKPOINT = """
+SELECT last_txid::text::bigint, last_position FROM projection_checkpoints WHERE name = %s
+"""
+LOCK_CHECKPOINT = SELECT_CHECKPOINT + " FOR UPDATE"
+COPY_CHECKPOINT = """
+UPDATE projection_checkpoints live
+   SET last_txid = r.last_txid, last_position = r.last_position,
+       updated_at = clock_timestamp()
+  FROM projection_checkpoints r
+ WHERE live.name = %(live)s AND r.name = %(rebuild)s
+"""
+DELETE_CHECKPOINT = "DELETE FROM projection_checkpoints WHERE name = %s"
+# The rebuild's parked events become the projection's (they describe the new tables).
+DROP_LIVE_PARKED = "DELETE FROM parked_events WHERE projection = %s"
+ADOPT_PARKED = "UPDATE parked_events SET projection = %(live)s WHERE projection = %(rebuild)s"
+PARK_EVENT = """
+INSERT INTO parked_events (projection, position, error, parked) VALUES (%s, %s, %s, true)
+ON CONFLICT (projection, position) DO UPDATE SET error = EXCLUDED.error, parked = true
+"""
+COUNT_EVENTS_AFTER = """
+SELECT count(*) FROM events WHERE (txid, position) > (%s::text::xid8, %s)
+"""
+
+# Legacy rows (see the module docstring), live → rebuild. A dossier row is legacy when no
+# event stream created it; a turn is legacy when it belongs to no session.
+SYNC_LEGACY_DOSSIER = f"""
+INSERT INTO {REBUILD_SCHEMA}.dossier AS r
+SELECT d.* FROM public.dossier d
+ WHERE NOT EXISTS (SELECT 1 FROM event_streams s WHERE s.stream_id = 'project-' || d.project_id)
+ON CONFLICT (project_id) DO UPDATE
+   SET title = EXCLUDED.title, description = EXCLUDED.description,
+       created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at
+"""
+# Before the build, a legacy turn may sit in a project only events create: it comes across
+# in the swap, when that project exists.
+SYNC_LEGACY_TURNS = f"""
+INSERT INTO {REBUILD_SCHEMA}.turns AS r
+SELECT t.* FROM public.turns t
+ WHERE t.session_id IS NULL
+   AND EXISTS (SELECT 1 FROM {REBUILD_SCHEMA}.dossier d WHERE d.project_id = t.project_id)
+   AND (t.user_id IS NULL
+        OR EXISTS (SELECT 1 FROM {REBUILD_SCHEMA}.users u WHERE u.user_id = t.user_id))
+ON CONFLICT (turn_id) DO UPDATE
+   SET project_id = EXCLUDED.project_id, user_text = EXCLUDED.user_text,
+       assistant_text = EXCLUDED.assistant_text, created_at = EXCLUDED.created_at,
+       user_id = EXCLUDED.user_id
+ WHERE r.session_id IS NULL
+"""
+PRUNE_LEGACY_TURNS = f"""
+DELETE FROM {REBUILD_SCHEMA}.turns r
+ WHERE r.session_id IS NULL
+   AND NOT EXISTS (SELECT 1 FROM public.turns t
+                    WHERE t.turn_id = r.turn_id AND t.session_id IS NULL)
+"""
+PRUNE_LEGACY_DOSSIER = f"""
+DELETE FROM {REBUILD_SCHEMA}.dossier r
+ WHERE NOT EXISTS (SELECT 1 FROM event_streams s WHERE s.stream_id = 'project-' || r.project_id)
+   AND NOT EXISTS (SELECT 1 FROM public.dossier d WHERE d.project_id = r.project_id)
+"""
+
+Conn = psycopg.Connection[Any]
+Statement = sql.Composed | sql.SQL
+
+
+class ReplayBusy(RuntimeError):
+    """Another replay holds the lock."""
+
+
+@dataclass(frozen=True)
+class Projection:
+    """What replay needs to know to rebuild one projection.
+
+    `apply` writes a batch through the unqualified table names in the caller's transaction
+    and returns the events it could not apply (the caller parks them). `copy_foreign_rows`
+    brings across rows of these tables that no event produced.
+    """
+
+    name: str
+    tables: tuple[str, ...]
+    apply: Callable[[Conn, list[RecordedEvent]], list[RecordedEvent]]
+    copy_foreign_rows: Callable[[Conn, bool], None] = lambda _conn, _final: None
+    role: str = PROJECTOR_ROLE
+
+    @property
+    def rebuild_checkpoint(self) -> str:
+        return f"{self.name}@{REBUILD_SCHEMA}"
+
+
+def _apply_read_model(conn: Conn, batch: list[RecordedEvent]) -> list[RecordedEvent]:
+    """The projector's own apply, one savepoint for the batch; on failure, one per event."""
+    try:
+        # pipeline mode: statements go out without waiting for each answer (the batch's
+        # thousands of small INSERTs would otherwise cost a round trip each)
+        with conn.pipeline(), conn.transaction():
+            projector.apply_events(conn, batch)
+        return []
+    except psycopg.Error:
+        failed: list[RecordedEvent] = []
+        for recorded in batch:
+            try:
+                with conn.transaction():
+                    projector.apply_events(conn, [recorded])
+            except psycopg.Error as exc:
+                log.error("replay_event_failed", position=recorded.position,
+                          type=recorded.type, error=str(exc))
+                failed.append(recorded)
+        return failed
+
+
+def _copy_legacy_rows(conn: Conn, final: bool) -> None:
+    if final:
+        conn.execute(PRUNE_LEGACY_TURNS)
+        conn.execute(PRUNE_LEGACY_DOSSIER)
+    conn.execute(SYNC_LEGACY_DOSSIER)
+    conn.execute(SYNC_LEGACY_TURNS)
+
+
+READ_MODEL = Projection(
+    name=projector.PROJECTION,
+    # parents before children: the order tables are created and constraints added in
+    tables=("users", "dossier", "sessions", "turns", "chat_messages", "user_projects"),
+    apply=_apply_read_model,
+    copy_foreign_rows=_copy_legacy_rows,
+)
+PROJECTIONS: dict[str, Projection] = {READ_MODEL.name: READ_MODEL}
+
+
+# Progress ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Progress:
+    """events/s and ETA on one line of stderr (a new line per update when not a terminal)."""
+
+    label: str
+    total: int
+    out: TextIO = field(default_factory=lambda: sys.stderr)
+    interval: float = 0.5
+    done: int = 0
+    _start: float = field(default_factory=time.monotonic)
+    _shown: float = 0.0
+
+    def advance(self, n: int) -> None:
+        self.done += n
+        if time.monotonic() - self._shown >= self.interval:
+            self._show()
+
+    def finish(self) -> None:
+        self._show(final=True)
+
+    @property
+    def rate(self) -> float:
+        return self.done / max(time.monotonic() - self._start, 1e-9)
+
+    def _show(self, final: bool = False) -> None:
+        self._shown = time.monotonic()
+        rate = self.rate
+        left = max(self.total - self.done, 0)
+        eta = "--" if not rate else time.strftime("%H:%M:%S", time.gmtime(left / rate))
+        line = (f"{self.label}: {self.done}/{max(self.total, self.done)} events"
+                f"  {rate:,.0f} ev/s  ETA {eta}")
+        tty = self.out.isatty()
+        self.out.write(("\r" + line) if tty else line + "\n")
+        if final and tty:
+            self.out.write("\n")
+        self.out.flush()
+
+
+# Schema copy ------------------------------------------------------------------------------
+
+
+@dataclass
+class TableDefinition:
+    """Statements that recreate a public table's properties under search_path = rebuild."""
+
+    owner: str = ""
+    statements: list[Statement] = field(default_factory=list)
+    foreign_keys: list[Statement] = field(default_factory=list)  # after every table
+
+
+def table_definition(conn: Conn, table: str, tables: Iterable[str]) -> TableDefinition:
+    """Read with search_path = public, so that names come out unqualified."""
+    members = set(tables)
+    name = sql.Identifier(table)
+    owner, rls, force = conn.execute(SELECT_TABLE, (f"public.{table}",)).fetchone() or ("", 0, 0)
+    definition = TableDefinition()
+    statements = definition.statements
+    definition.owner = owner
+    statements.append(sql.SQL("ALTER TABLE {} OWNER TO {}").format(name, sql.Identifier(owner)))
+    for conname, contype, text, target in conn.execute(SELECT_CONSTRAINTS, (table,)):
+        if target is not None and target not in members:
+            # it would point at a table the swap retires, and the drop would remove it
+            raise RuntimeError(f"{table}.{conname} references {target}, outside the rebuild")
+        (definition.foreign_keys if contype == "f" else statements).append(
+            sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
+                name, sql.Identifier(conname), sql.SQL(text)))
+    statements += [sql.SQL(r[0]) for r in conn.execute(SELECT_INDEXES, (table,))]
+    statements += [sql.SQL(r[0]) for r in conn.execute(SELECT_TRIGGERS, (table,))]
+    if rls:
+        statements.append(sql.SQL("ALTER TABLE {} ENABLE ROW LEVEL SECURITY").format(name))
+    if force:
+        statements.append(sql.SQL("ALTER TABLE {} FORCE ROW LEVEL SECURITY").format(name))
+    for polname, permissive, cmd, roles, qual, check in conn.execute(SELECT_POLICIES, (table,)):
+        statement: Statement = sql.SQL("CREATE POLICY {} ON {} AS {} FOR {} TO {}").format(
+            sql.Identifier(polname), name, sql.SQL("PERMISSIVE" if permissive else "RESTRICTIVE"),
+            sql.SQL(cmd), sql.SQL(", ").join(
+                sql.SQL("PUBLIC") if r == "public" else sql.Identifier(r) for r in roles))
+        if qual is not None:
+            statement += sql.SQL(" USING ({})").format(sql.SQL(qual))
+        if check is not None:
+            statement += sql.SQL(" WITH CHECK ({})").format(sql.SQL(check))
+        statements.append(statement)
+    for grantee, privilege in conn.execute(SELECT_GRANTS, (table,)):
+        statements.append(sql.SQL("GRANT {} ON {} TO {}").format(
+            sql.SQL(privilege), name, sql.Identifier(grantee)))
+    return definition
+
+
+def _create_rebuild_tables(conn: Conn, projection: Projection) -> None:
+    conn.execute(SEARCH_PUBLIC)
+    statements: list[Statement] = [
+        sql.SQL(LIKE_TABLE).format(new=sql.Identifier(REBUILD_SCHEMA, t),
+                                   old=sql.Identifier("public", t))
+        for t in projection.tables]
+    definitions = [table_definition(conn, t, projection.tables) for t in projection.tables]
+    # the writer, and the owners (foreign key checks run as the referenced table's owner)
+    users = sorted({projection.role, *(d.owner for d in definitions)})
+    statements.append(sql.SQL(GRANT_REBUILD_USAGE).format(
+        sql.Identifier(REBUILD_SCHEMA), sql.SQL(", ").join(map(sql.Identifier, users))))
+    statements += [s for d in definitions for s in d.statements]
+    # foreign keys last: every table they point at must exist first
+    statements += [s for d in definitions for s in d.foreign_keys]
+    conn.execute(SEARCH_REBUILD)
+    for statement in statements:
+        conn.execute(statement)
+
+
+def _drop_leftovers(conn: Conn) -> None:
+    """What an interrupted run left: a half-built rebuild, or retired tables not dropped."""
+    conn.execute(DROP_REBUILD)
+    retired = [r[0] for r in conn.execute(SELECT_RETIRED_TABLES, (RETIRED_SCHEMA,))]
+    if retired:
+        conn.execute(sql.SQL("DROP TABLE {}").format(
+            sql.SQL(", ").join(sql.Identifier(RETIRED_SCHEMA, t) for t in retired)))
+    conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {}").format(sql.Identifier(RETIRED_SCHEMA)))
+
+
+# The phases -------------------------------------------------------------------------------
+
+
+def prepare(conn: Conn, projection: Projection) -> None:
+    """Fresh rebuild tables, the rows no event produced, the rebuild checkpoint at zero."""
+    with conn.transaction():
+        _drop_leftovers(conn)
+        conn.execute(CREATE_REBUILD)
+        _create_rebuild_tables(conn, projection)
+        projection.copy_foreign_rows(conn, False)
+        conn.execute(RESET_CHECKPOINT, (projection.rebuild_checkpoint,))
+        conn.execute(DROP_LIVE_PARKED, (projection.rebuild_checkpoint,))
+
+
+def advance(conn: Conn, projection: Projection, limit: int) -> int:
+    """Applies up to `limit` events to the rebuild tables in the caller's transaction."""
+    conn.execute(SEARCH_REBUILD)
+    conn.execute(SET_LOCAL_ROLE.format(projection.role))
+    row = conn.execute(LOCK_CHECKPOINT, (projection.rebuild_checkpoint,)).fetchone()
+    if row is None:
+        raise RuntimeError(f"no checkpoint {projection.rebuild_checkpoint}: run prepare first")
+    batch = read_all_sync(conn, Checkpoint(*row), limit)
+    if batch:
+        for failed in projection.apply(conn, batch):
+            conn.execute(PARK_EVENT, (projection.rebuild_checkpoint, failed.position,
+                                      "failed during replay"))
+        last = batch[-1]
+        conn.execute(projector.SAVE_CHECKPOINT,
+                     (str(last.txid), last.position, projection.rebuild_checkpoint))
+    conn.execute(RESET_LOCAL_ROLE)
+    return len(batch)
+
+
+def build(conn: Conn, projection: Projection, progress: Progress | None = None,
+          batch_size: int = REBUILD_BATCH) -> int:
+    """Projects into the rebuild tables until it has caught up; returns events applied."""
+    total = 0
+    while True:
+        with conn.transaction():
+            n = advance(conn, projection, batch_size)
+        total += n
+        if progress:
+            progress.advance(n)
+        if n == 0:
+            return total
+
+
+def analyze(conn: Conn, projection: Projection) -> None:
+    """Fresh tables have no statistics: without them the first queries after the swap
+    would be planned blind."""
+    for table in projection.tables:
+        conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(REBUILD_SCHEMA, table)))
+
+
+def swap(conn: Conn, projection: Projection, batch_size: int = REBUILD_BATCH) -> int:
+    """Catches up and swaps in one transaction; returns the events applied in it."""
+    for attempt in range(1, SWAP_ATTEMPTS + 1):
+        try:
+            with conn.transaction():
+                return _swap_once(conn, projection, batch_size)
+        except psycopg.errors.LockNotAvailable:
+            log.info("replay_swap_retry", projection=projection.name, attempt=attempt)
+            time.sleep(min(0.05 * attempt, 1.0))
+    raise RuntimeError(f"could not lock the {projection.name} tables to swap them")
+
+
+def _swap_once(conn: Conn, projection: Projection, batch_size: int) -> int:
+    conn.execute(projector.ENSURE_CHECKPOINT, (projection.name,))
+    conn.execute(LOCK_CHECKPOINT, (projection.name,))  # the live projector pauses
+    applied = 0
+    while n := advance(conn, projection, batch_size):
+        applied += n
+    conn.execute(SEARCH_PUBLIC)
+    projection.copy_foreign_rows(conn, True)
+    conn.execute(SET_LOCK_TIMEOUT)
+    tables = [sql.Identifier(s, t) for s in ("public", REBUILD_SCHEMA) for t in projection.tables]
+    conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(
+        sql.SQL(", ").join(tables)))
+    conn.execute(CREATE_RETIRED)
+    for table in projection.tables:
+        conn.execute(sql.SQL("ALTER TABLE {} SET SCHEMA {}").format(
+            sql.Identifier("public", table), sql.Identifier(RETIRED_SCHEMA)))
+    for table in projection.tables:
+        conn.execute(sql.SQL("ALTER TABLE {} SET SCHEMA public").format(
+            sql.Identifier(REBUILD_SCHEMA, table)))
+    names = {"live": projection.name, "rebuild": projection.rebuild_checkpoint}
+    conn.execute(COPY_CHECKPOINT, names)
+    conn.execute(DELETE_CHECKPOINT, (projection.rebuild_checkpoint,))
+    conn.execute(DROP_LIVE_PARKED, (projection.name,))
+    conn.execute(ADOPT_PARKED, names)
+    return applied
+
+
+def cleanup(conn: Conn) -> None:
+    with conn.transaction():
+        _drop_leftovers(conn)
+
+
+def count_pending(conn: Conn, projection: Projection) -> int:
+    row = conn.execute(SELECT_CHECKPOINT, (projection.rebuild_checkpoint,)).fetchone()
+    row = row or (0, 0)
+    counted = conn.execute(COUNT_EVENTS_AFTER, (str(row[0]), row[1])).fetchone()
+    return int(counted[0]) if counted else 0
+
+
+def replay(database_url: str, names: Iterable[str] | None = None,
+           out: TextIO | None = None, batch_size: int = REBUILD_BATCH) -> dict[str, int]:
+    """Rebuilds the named projections (all when None), one after another.
+
+    Returns the events each one applied.
+    """
+    chosen = [PROJECTIONS[n] for n in (names or PROJECTIONS)]
+    applied: dict[str, int] = {}
+    # autocommit: every phase opens its own transactions (conn.transaction() is then never
+    # a savepoint inside one left open by an earlier statement)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        # No server-side prepared statements: a generic plan made while the new tables were
+        # nearly empty (a seq scan) would be kept while they grow to millions of rows.
+        conn.prepare_threshold = None
+        locked = conn.execute(TRY_REPLAY_LOCK, (_REPLAY_LOCK_KEY,)).fetchone()
+        if not locked or not locked[0]:
+            raise ReplayBusy("another replay is running")
+        try:
+            for projection in chosen:
+                applied[projection.name] = _replay_one(conn, projection, out, batch_size)
+        finally:
+            conn.execute(REPLAY_UNLOCK, (_REPLAY_LOCK_KEY,))
+    return applied
+
+
+def _replay_one(conn: Conn, projection: Projection, out: TextIO | None,
+                batch_size: int) -> int:
+    started = time.monotonic()
+    log.info("replay_started", projection=projection.name)
+    prepare(conn, projection)
+    progress = Progress(f"replay {projection.name}", count_pending(conn, projection),
+                        out=out or sys.stderr)
+    total = build(conn, projection, progress, batch_size)
+    analyze(conn, projection)
+    tail = swap(conn, projection, batch_size)
+    progress.advance(tail)
+    progress.finish()
+    cleanup(conn)
+    log.info("replay_finished", projection=projection.name, events=total + tail,
+             seconds=round(time.monotonic() - started, 3))
+    return total + tail
