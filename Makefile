@@ -12,8 +12,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+# serve all finds PostgreSQL and Redis (settings, else the local ports, else embedded ones
+# in ./data), creates and migrates the database, then runs everything until Ctrl-C.
 run: $(STAMP)
-	$(BIN)/chatctl migrate
 	$(BIN)/chatctl serve all
 
 test: $(STAMP)
@@ -24,6 +25,7 @@ lint: $(STAMP)
 	$(BIN)/mypy services workers
 
 bench: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[dev,bench]'
 	$(BIN)/python -m bench
 
 clean:

@@ -1,6 +1,11 @@
 """The gateway: one origin. Reads (GET/HEAD, the SSE stream included) go to the query
-service, writes to the command service. Bodies stream through unbuffered in both directions,
-so server-sent events reach the client as they are written.
+service, writes (POST/PUT/DELETE, the legacy POST /chat included) to the command service.
+Response bodies stream through chunk by chunk, so server-sent events reach the client as
+they are written.
+
+It also answers what belongs to the whole system rather than to one service: `/healthz`,
+`/readyz` (both services, the database and Redis), the merged OpenAPI document at
+`/schema/openapi.json`, and the reference UI (web/) at `/` and `/ui/...`.
 
 A plain ASGI app over httpx: routing is two lines and a framework would add buffering
 questions without adding anything we need.
@@ -10,13 +15,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import mimetypes
+import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
+from pathlib import Path
 from typing import Any
 
 import httpx
 import msgspec
+import psycopg
+import redis.asyncio as aioredis
 
 from services.core.settings import Settings
+from services.gateway.openapi import merge_openapi
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -29,6 +40,11 @@ HOP_BY_HOP = frozenset({
     b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te",
     b"trailer", b"transfer-encoding", b"upgrade", b"host", b"content-length",
 })
+REQUEST_ID_HEADER = b"x-request-id"
+WEB_DIR = Path(__file__).resolve().parents[2] / "web"
+UI_PREFIX = "/ui/"
+OPENAPI_PATH = "/schema/openapi.json"
+READY_TIMEOUT_SECONDS = 2.0
 
 
 def upstream_for(method: str, settings: Settings) -> str:
@@ -36,20 +52,29 @@ def upstream_for(method: str, settings: Settings) -> str:
 
 
 class Gateway:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, web_dir: Path = WEB_DIR) -> None:
         self.settings = settings
+        self.web_dir = web_dir.resolve()
         self.client: httpx.AsyncClient | None = None
+        self.redis: aioredis.Redis | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
-        elif scope["type"] == "http":
-            if scope["path"] == "/healthz":
-                await _json(send, 200, {"status": "ok"})
-            elif scope["path"] == "/readyz":
-                await self._ready(send)
-            else:
-                await self._proxy(scope, receive, send)
+            return
+        if scope["type"] != "http":
+            return  # no websockets here: the live stream is SSE
+        path, method = scope["path"], scope["method"]
+        if path == "/healthz":
+            await _json(send, 200, {"status": "ok"})
+        elif path == "/readyz":
+            await self._ready(send)
+        elif method in READ_METHODS and path == OPENAPI_PATH:
+            await self._openapi(send)
+        elif method in READ_METHODS and (path == "/" or path.startswith(UI_PREFIX)):
+            await self._static(path, method, send)
+        else:
+            await self._proxy(scope, receive, send)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -58,30 +83,108 @@ class Gateway:
                 limits = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
                 timeout = httpx.Timeout(30.0, read=None)  # SSE responses stay open
                 self.client = httpx.AsyncClient(limits=limits, timeout=timeout)
+                self.redis = aioredis.Redis.from_url(
+                    self.settings.redis_url, socket_connect_timeout=READY_TIMEOUT_SECONDS,
+                    socket_timeout=READY_TIMEOUT_SECONDS)
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 if self.client:
                     await self.client.aclose()
+                if self.redis:
+                    await self.redis.aclose()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
     async def _ready(self, send: Send) -> None:
+        """Ready when both services say so and the database and Redis answer: the checks run
+        at once, each bounded, so a dead dependency costs two seconds, not a hung probe."""
+        names = ("command", "query", "database", "redis")
+        results = await asyncio.gather(
+            self._service_ready(self.settings.command_url),
+            self._service_ready(self.settings.query_url),
+            self._database_ready(),
+            self._redis_ready(),
+        )
+        checks = dict(zip(names, results, strict=True))
+        if all(results):
+            await _json(send, 200, {"status": "ready", "checks": checks})
+            return
+        failing = ", ".join(name for name, ok in checks.items() if not ok)
+        await _json(send, 503, {"error": "not_ready", "detail": f"not answering: {failing}",
+                                "checks": checks})
+
+    async def _service_ready(self, base: str) -> bool:
         assert self.client is not None
-        checks: dict[str, bool] = {}
+        try:
+            response = await self.client.get(f"{base}/readyz", timeout=READY_TIMEOUT_SECONDS)
+        except httpx.HTTPError:
+            return False
+        return response.is_success
+
+    async def _database_ready(self) -> bool:
+        # A fresh connection per probe: the gateway needs no pool for anything else.
+        try:
+            async with asyncio.timeout(READY_TIMEOUT_SECONDS):
+                conn = await psycopg.AsyncConnection.connect(
+                    self.settings.database_url, connect_timeout=int(READY_TIMEOUT_SECONDS))
+                async with conn:
+                    await conn.execute("SELECT 1")
+        except (psycopg.Error, OSError, TimeoutError):
+            return False
+        return True
+
+    async def _redis_ready(self) -> bool:
+        assert self.redis is not None
+        try:
+            return bool(await self.redis.ping())
+        except (aioredis.RedisError, OSError):
+            return False
+
+    async def _openapi(self, send: Send) -> None:
+        """The two services' documents merged into one, fetched on each call so it is never
+        stale after a deploy (it is small, and clients fetch it rarely)."""
+        assert self.client is not None
+        documents: dict[str, Any] = {}
         for name, base in (("command", self.settings.command_url),
                            ("query", self.settings.query_url)):
             try:
-                checks[name] = (await self.client.get(f"{base}/readyz", timeout=2)).is_success
-            except httpx.HTTPError:
-                checks[name] = False
-        status = 200 if all(checks.values()) else 503
-        await _json(send, status, {"status": "ready" if status == 200 else "unready", **checks})
+                response = await self.client.get(f"{base}{OPENAPI_PATH}",
+                                                 timeout=READY_TIMEOUT_SECONDS * 5)
+                response.raise_for_status()
+                documents[name] = response.json()
+            except (httpx.HTTPError, ValueError):
+                await _json(send, 503, {"error": "upstream_unavailable",
+                                        "detail": f"the {name} service's OpenAPI document "
+                                                  "could not be read"})
+                return
+        await _json(send, 200, merge_openapi(documents))
+
+    async def _static(self, path: str, method: str, send: Send) -> None:
+        relative = "index.html" if path == "/" else path[len(UI_PREFIX):]
+        file = (self.web_dir / relative).resolve()
+        if not file.is_relative_to(self.web_dir) or not file.is_file():
+            await _json(send, 404, {"error": "not_found", "detail": "no such file"})
+            return
+        content = file.read_bytes()
+        kind = mimetypes.guess_type(file.name)[0] or "application/octet-stream"
+        if kind.startswith("text/") or kind in ("application/javascript", "text/javascript"):
+            kind += "; charset=utf-8"
+        await send({"type": "http.response.start", "status": 200, "headers": [
+            (b"content-type", kind.encode()),
+            (b"content-length", str(len(content)).encode()),
+            # no build step, so no hashed names: revalidate instead of caching stale code
+            (b"cache-control", b"no-cache"),
+            (b"x-content-type-options", b"nosniff"),
+        ]})
+        await send({"type": "http.response.body", "body": b"" if method == "HEAD" else content})
 
     async def _proxy(self, scope: Scope, receive: Receive, send: Send) -> None:
         assert self.client is not None
         body = bytearray()
         while True:
             message = await receive()
+            if message["type"] == "http.disconnect":
+                return
             body += message.get("body", b"")
             if len(body) > self.settings.max_body_bytes:
                 await _json(send, 413, {"error": "body_too_large",
@@ -92,8 +195,8 @@ class Gateway:
         url = upstream_for(scope["method"], self.settings) + scope["raw_path"].decode()
         if scope["query_string"]:
             url += "?" + scope["query_string"].decode()
-        headers = [(k, v) for k, v in scope["headers"] if k.lower() not in HOP_BY_HOP]
-        request = self.client.build_request(scope["method"], url, headers=headers,
+        request = self.client.build_request(scope["method"], url,
+                                            headers=_upstream_headers(scope),
                                             content=bytes(body))
         try:
             response = await self.client.send(request, stream=True)
@@ -102,15 +205,35 @@ class Gateway:
                                     "detail": "the service behind this route is not answering"})
             return
         try:
-            await send({
-                "type": "http.response.start",
-                "status": response.status_code,
-                "headers": [(k, v) for k, v in response.headers.raw
-                            if k.lower() not in HOP_BY_HOP],
-            })
+            headers = [(k, v) for k, v in response.headers.raw if k.lower() not in HOP_BY_HOP]
+            if response.headers.get("content-type", "").startswith("text/event-stream"):
+                # tells an nginx in front of us (if any) not to buffer the stream either
+                headers.append((b"x-accel-buffering", b"no"))
+            await send({"type": "http.response.start", "status": response.status_code,
+                        "headers": headers})
             await _relay_body(response, receive, send)
         finally:
             await response.aclose()
+
+
+def _upstream_headers(scope: Scope) -> list[tuple[bytes, bytes]]:
+    """The client's end-to-end headers, plus a request id (so both services log the one the
+    client sees) and the X-Forwarded-* a service needs to know who called."""
+    headers = [(k, v) for k, v in scope["headers"] if k.lower() not in HOP_BY_HOP]
+    names = {k.lower() for k, _ in headers}
+    if REQUEST_ID_HEADER not in names:
+        headers.append((REQUEST_ID_HEADER, uuid.uuid4().hex.encode()))
+    client = scope.get("client")
+    if client:
+        forwarded = next((v for k, v in headers if k.lower() == b"x-forwarded-for"), None)
+        chain = f"{forwarded.decode()}, {client[0]}" if forwarded else client[0]
+        headers = [(k, v) for k, v in headers if k.lower() != b"x-forwarded-for"]
+        headers.append((b"x-forwarded-for", chain.encode()))
+    for key, value in scope["headers"]:
+        if key == b"host":
+            headers.append((b"x-forwarded-host", value))
+    headers.append((b"x-forwarded-proto", scope.get("scheme", "http").encode()))
+    return headers
 
 
 async def _relay_body(response: httpx.Response, receive: Receive, send: Send) -> None:
