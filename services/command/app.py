@@ -22,7 +22,12 @@ from services.command.auth import (
     RequestIds,
     authenticate,
 )
-from services.command.controllers import ChatController, SessionController, UserController
+from services.command.controllers import (
+    ChatController,
+    LegacyChatController,
+    SessionController,
+    UserController,
+)
 from services.command.errors import EXCEPTION_HANDLERS
 from services.command.stop import StopController
 from services.core.db import open_async_pool
@@ -38,6 +43,7 @@ CONTROLLERS: list[type[Controller]] = [
     ChatController,
     SessionController,
     StopController,
+    LegacyChatController,
 ]
 
 

@@ -97,6 +97,12 @@ async def post_chat(
         return await _continue_session(conn, caller, body.session_id, text)
 
     accepted = await in_transaction(pool, work)
+    await announce(broker, accepted)
+    return accepted
+
+
+async def announce(broker: dramatiq.Broker, accepted: ChatAccepted) -> None:
+    """After commit: nudge the projector and ask the assistant to reply."""
     log.info(
         "message_posted",
         session_id=str(accepted.session_id),
@@ -114,7 +120,6 @@ async def post_chat(
             code="assistant_unavailable",
             extra=msgspec.to_builtins(accepted),
         ) from exc
-    return accepted
 
 
 def reply_events(
@@ -132,7 +137,7 @@ def reply_events(
     ))
 
 
-def _message(caller: Caller, session_id: uuid.UUID, text: str) -> MessagePosted:
+def message_posted(caller: Caller, session_id: uuid.UUID, text: str) -> MessagePosted:
     return MessagePosted(
         session_id=session_id,
         message_id=uuid.uuid4(),
@@ -143,7 +148,7 @@ def _message(caller: Caller, session_id: uuid.UUID, text: str) -> MessagePosted:
     )
 
 
-def _accepted(
+def accepted_as(
     message: MessagePosted, project_id: uuid.UUID, created: bool, positions: list[int]
 ) -> ChatAccepted:
     assert message.turn_id is not None
@@ -182,7 +187,7 @@ async def _start_session(
         project_id=project_id,
         title=title_from(text),
     )
-    message = _message(caller, session_id, text)
+    message = message_posted(caller, session_id, text)
     appends.append(StreamAppend(
         stream_id=session_stream(session_id),
         expected_version=0,
@@ -191,7 +196,7 @@ async def _start_session(
         owner_id=caller.user_id,
     ))
     positions = await append(conn, appends, caller.event_metadata())
-    return _accepted(message, project_id, True, positions)
+    return accepted_as(message, project_id, True, positions)
 
 
 async def _continue_session(
@@ -203,10 +208,10 @@ async def _continue_session(
     row = await cur.fetchone()
     if row is None:  # a session stream always starts with SessionStarted
         raise RuntimeError(f"{stream_id} has no SessionStarted event")
-    message = _message(caller, session_id, text)
+    message = message_posted(caller, session_id, text)
     positions = await append(
         conn,
         [StreamAppend(stream_id=stream_id, expected_version=version, events=[message])],
         caller.event_metadata(),
     )
-    return _accepted(message, row[0], False, positions)
+    return accepted_as(message, row[0], False, positions)

@@ -15,7 +15,7 @@ from litestar.params import FromPath, JSONBody
 from litestar.status_codes import HTTP_202_ACCEPTED
 from psycopg_pool import AsyncConnectionPool
 
-from services.command import chat, sessions, users
+from services.command import chat, legacy, sessions, users
 from services.command.auth import Caller, RequestIds
 from services.command.errors import ErrorBody, TooManyStreams
 from services.core.live import StreamLease, live_redis
@@ -124,3 +124,46 @@ class SessionController(Controller):
     ) -> None:
         """Deletes a session and erases what was written in it from the event store."""
         await sessions.delete_session(pool, broker, caller, session_id)
+
+
+class LegacyChatController(Controller):
+    """The pre-session endpoint, kept for old clients (services/command/legacy.py)."""
+
+    path = "/chat"
+    tags = ("legacy",)
+
+    @post(
+        "",
+        operation_id="legacyChat",
+        status_code=200,
+        responses={
+            200: ResponseSpec(
+                str, media_type="text/event-stream", generate_examples=False,
+                description="Server-sent events: `session`, `delta`..., `message`, `done`.",
+            ),
+            **errors(404, 413, 429, 503),
+        },
+    )
+    async def legacy_chat(
+        self,
+        data: JSONBody[legacy.LegacyChat],
+        pool: NamedDependency[AsyncConnectionPool[Any]],
+        broker: NamedDependency[dramatiq.Broker],
+        settings: NamedDependency[Settings],
+        request_ids: NamedDependency[RequestIds],
+        state: State,
+    ) -> Response[Any]:
+        """Posts to the project's legacy conversation (a new project when none is given) and
+        streams the reply. No user header: the project's owner is the author."""
+        redis = live_redis(state, settings)
+        # no user here: the cap on open streams is per project
+        lease = await StreamLease.acquire(redis, settings, data.project_id or uuid.uuid4())
+        if lease is None:
+            raise TooManyStreams(f"at most {settings.max_streams_per_user} open streams")
+        try:
+            accepted = await legacy.post_legacy_chat(pool, settings, request_ids, data)
+            await chat.announce(broker, accepted)
+        except BaseException:
+            await lease.release()
+            raise
+        return chat.reply_events(redis, settings, accepted, lease)
