@@ -9,7 +9,15 @@ import sys
 
 # name -> module, in the order `python -m bench` runs them. Imported only when run, so one
 # benchmark's missing extra never stops another.
-BENCHES = {"append": "bench.append", "read_path": "bench.read_path"}
+BENCHES = {
+    "append": "bench.append",
+    "read_path": "bench.read_path",
+    "compare_eventsourcing": "bench.compare_eventsourcing",
+    "compare_langchain": "bench.compare_langchain",
+    "http": "bench.http",
+    "e2e": "bench.e2e",
+    "replay": "bench.replay",
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -96,13 +96,13 @@ def fill(url: str, total: int) -> int:
 
 
 VISIBLE = """
-SELECT pg_snapshot_xmin(pg_current_snapshot()) > (SELECT max(txid) FROM events)
+SELECT event_read_horizon() > (SELECT max(txid) FROM events)
 """
 
 
 def wait_visible(url: str) -> float:
-    """Followers read only below the server-wide oldest running transaction: wait until
-    every event is below it (another database's long transaction can hold it back)."""
+    """Followers read only below the oldest transaction still running in the database:
+    wait until every event is below it."""
     started = time.perf_counter()
     with psycopg.connect(url, autocommit=True) as conn:
         while not (row := conn.execute(VISIBLE).fetchone()) or not row[0]:
@@ -110,11 +110,11 @@ def wait_visible(url: str) -> float:
     return time.perf_counter() - started
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--live", action="store_true", help="also time the live projector")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     name = f"chat_bench_replay_{uuid.uuid4().hex[:8]}"
     url = psycopg.conninfo.make_conninfo(SERVER, dbname=name)
