@@ -28,25 +28,18 @@ import structlog
 
 from services.core import events as ev
 from services.core.db import PROJECTOR_ROLE, SET_LOCAL_ROLE
-from services.core.eventstore import Checkpoint, RecordedEvent, read_all_sync
+from services.core.eventstore import (
+    RecordedEvent,
+    claim_checkpoint_sync,
+    read_all_sync,
+    save_checkpoint_sync,
+)
 
 PROJECTION = "read_model"
 
 log = structlog.get_logger("projector")
 _json = msgspec.json.Encoder()
 
-ENSURE_CHECKPOINT = """
-INSERT INTO projection_checkpoints (name) VALUES (%s) ON CONFLICT (name) DO NOTHING
-"""
-LOCK_CHECKPOINT = """
-SELECT last_txid::text::bigint, last_position FROM projection_checkpoints
- WHERE name = %s FOR UPDATE SKIP LOCKED
-"""
-SAVE_CHECKPOINT = """
-UPDATE projection_checkpoints
-   SET last_txid = %s::text::xid8, last_position = %s, updated_at = clock_timestamp()
- WHERE name = %s
-"""
 COUNT_FAILURE = """
 INSERT INTO parked_events AS p (projection, position, error, parked)
 VALUES (%(projection)s, %(position)s, %(error)s, %(max_attempts)s <= 1)
@@ -204,11 +197,10 @@ def project_batch(
     """
     with conn.transaction():
         conn.execute(SET_LOCAL_ROLE.format(PROJECTOR_ROLE))
-        conn.execute(ENSURE_CHECKPOINT, (PROJECTION,))
-        row = conn.execute(LOCK_CHECKPOINT, (PROJECTION,)).fetchone()
-        if row is None:
+        checkpoint = claim_checkpoint_sync(conn, PROJECTION)
+        if checkpoint is None:
             return None
-        batch = read_all_sync(conn, Checkpoint(*row), batch_size)
+        batch = read_all_sync(conn, checkpoint, batch_size)
         if not batch:
             return 0
         try:
@@ -220,8 +212,7 @@ def project_batch(
         except psycopg.Error:
             done = _apply_carefully(conn, batch, max_attempts)
         if done:
-            last = done[-1]
-            conn.execute(SAVE_CHECKPOINT, (str(last.txid), last.position, PROJECTION))
+            save_checkpoint_sync(conn, PROJECTION, done[-1].checkpoint)
     # after commit: a line per event, carrying the ids of the request that caused it
     for recorded in done:
         log.info("event_projected", position=recorded.position, type=recorded.type,

@@ -46,7 +46,12 @@ import structlog
 
 from services.core.db import PROJECTOR_ROLE, SET_LOCAL_ROLE
 from services.core.events import AnyEvent, SessionDeleted, encode_event
-from services.core.eventstore import Checkpoint, RecordedEvent, read_all_sync
+from services.core.eventstore import (
+    RecordedEvent,
+    claim_checkpoint_sync,
+    read_all_sync,
+    save_checkpoint_sync,
+)
 from services.core.settings import Settings
 
 log = structlog.get_logger("publisher")
@@ -57,18 +62,6 @@ STREAM_MAXLEN = 1_000_000  # = Settings().events_stream_maxlen
 BATCH_SIZE = 1_000
 _DUPLICATE = "equal or smaller than the target stream top item"
 
-ENSURE_CHECKPOINT = """
-INSERT INTO projection_checkpoints (name) VALUES (%s) ON CONFLICT (name) DO NOTHING
-"""
-LOCK_CHECKPOINT = """
-SELECT last_txid::text::bigint, last_position FROM projection_checkpoints
- WHERE name = %s FOR UPDATE SKIP LOCKED
-"""
-SAVE_CHECKPOINT = """
-UPDATE projection_checkpoints
-   SET last_txid = %s::text::xid8, last_position = %s, updated_at = clock_timestamp()
- WHERE name = %s
-"""
 # The entries a SessionDeleted takes back: the stream's events before it.
 SELECT_EARLIER_IDS = """
 SELECT txid::text || '-' || position FROM events
@@ -167,11 +160,10 @@ def publish_batch(conn: psycopg.Connection[Any], client: redis.Redis, key: str, 
     publisher holds the checkpoint. `before_checkpoint` lets tests crash at the worst time."""
     with conn.transaction():
         conn.execute(SET_LOCAL_ROLE.format(PROJECTOR_ROLE))
-        conn.execute(ENSURE_CHECKPOINT, (CHECKPOINT_NAME,))
-        row = conn.execute(LOCK_CHECKPOINT, (CHECKPOINT_NAME,)).fetchone()
-        if row is None:
+        checkpoint = claim_checkpoint_sync(conn, CHECKPOINT_NAME)
+        if checkpoint is None:
             return None
-        batch = read_all_sync(conn, Checkpoint(*row), batch_size)
+        batch = read_all_sync(conn, checkpoint, batch_size)
         if not batch:
             return 0
         pipe = client.pipeline(transaction=False)
@@ -192,8 +184,7 @@ def publish_batch(conn: psycopg.Connection[Any], client: redis.Redis, key: str, 
                 raise result
         if before_checkpoint:
             before_checkpoint()
-        last = batch[-1]
-        conn.execute(SAVE_CHECKPOINT, (str(last.txid), last.position, CHECKPOINT_NAME))
+        save_checkpoint_sync(conn, CHECKPOINT_NAME, batch[-1].checkpoint)
         if duplicates:
             log.info("publisher_skipped_duplicates", count=duplicates)
         return len(batch)

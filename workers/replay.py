@@ -55,7 +55,13 @@ import structlog
 from psycopg import sql
 
 from services.core.db import PROJECTOR_ROLE, SET_LOCAL_ROLE
-from services.core.eventstore import Checkpoint, RecordedEvent, read_all_sync
+from services.core.eventstore import (
+    SELECT_CHECKPOINT,
+    RecordedEvent,
+    claim_checkpoint_sync,
+    read_all_sync,
+    save_checkpoint_sync,
+)
 from workers import projector
 
 log = structlog.get_logger("replay")
@@ -133,10 +139,6 @@ INSERT INTO projection_checkpoints (name) VALUES (%s)
 ON CONFLICT (name) DO UPDATE SET last_txid = '0'::xid8, last_position = 0,
                                  updated_at = clock_timestamp()
 """
-SELECT_CHECKPOINT = """
-SELECT last_txid::text::bigint, last_position FROM projection_checkpoints WHERE name = %s
-"""
-LOCK_CHECKPOINT = SELECT_CHECKPOINT + " FOR UPDATE"
 COPY_CHECKPOINT = """
 UPDATE projection_checkpoints live
    SET last_txid = r.last_txid, last_position = r.last_position,
@@ -398,17 +400,14 @@ def advance(conn: Conn, projection: Projection, limit: int) -> int:
     """Applies up to `limit` events to the rebuild tables in the caller's transaction."""
     conn.execute(SEARCH_REBUILD)
     conn.execute(SET_LOCAL_ROLE.format(projection.role))
-    row = conn.execute(LOCK_CHECKPOINT, (projection.rebuild_checkpoint,)).fetchone()
-    if row is None:
-        raise RuntimeError(f"no checkpoint {projection.rebuild_checkpoint}: run prepare first")
-    batch = read_all_sync(conn, Checkpoint(*row), limit)
+    checkpoint = claim_checkpoint_sync(conn, projection.rebuild_checkpoint, wait=True)
+    assert checkpoint is not None  # waited for it
+    batch = read_all_sync(conn, checkpoint, limit)
     if batch:
         for failed in projection.apply(conn, batch):
             conn.execute(PARK_EVENT, (projection.rebuild_checkpoint, failed.position,
                                       "failed during replay"))
-        last = batch[-1]
-        conn.execute(projector.SAVE_CHECKPOINT,
-                     (str(last.txid), last.position, projection.rebuild_checkpoint))
+        save_checkpoint_sync(conn, projection.rebuild_checkpoint, batch[-1].checkpoint)
     conn.execute(RESET_LOCAL_ROLE)
     return len(batch)
 
@@ -447,8 +446,7 @@ def swap(conn: Conn, projection: Projection, batch_size: int = REBUILD_BATCH) ->
 
 
 def _swap_once(conn: Conn, projection: Projection, batch_size: int) -> int:
-    conn.execute(projector.ENSURE_CHECKPOINT, (projection.name,))
-    conn.execute(LOCK_CHECKPOINT, (projection.name,))  # the live projector pauses
+    claim_checkpoint_sync(conn, projection.name, wait=True)  # the live projector pauses
     applied = 0
     while n := advance(conn, projection, batch_size):
         applied += n

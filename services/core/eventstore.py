@@ -87,6 +87,23 @@ SELECT {_EVENT_COLUMNS} FROM events
 """
 
 
+# Followers' checkpoints (projection_checkpoints). The row lock is what lets one follower of
+# a name run at a time: the others find it taken and leave (SKIP LOCKED) or wait (FOR UPDATE).
+ENSURE_CHECKPOINT = """
+INSERT INTO projection_checkpoints (name) VALUES (%s) ON CONFLICT (name) DO NOTHING
+"""
+SELECT_CHECKPOINT = """
+SELECT last_txid::text::bigint, last_position FROM projection_checkpoints WHERE name = %s
+"""
+CLAIM_CHECKPOINT = SELECT_CHECKPOINT + " FOR UPDATE SKIP LOCKED"
+WAIT_FOR_CHECKPOINT = SELECT_CHECKPOINT + " FOR UPDATE"
+SAVE_CHECKPOINT = """
+UPDATE projection_checkpoints
+   SET last_txid = %s::text::xid8, last_position = %s, updated_at = clock_timestamp()
+ WHERE name = %s
+"""
+
+
 class ConcurrencyError(Exception):
     """The stream is not at the expected version (someone else appended first)."""
 
@@ -243,3 +260,17 @@ def read_all_sync(
 ) -> list[RecordedEvent]:
     params = {"txid": str(after.txid), "position": after.position, "limit": limit}
     return [_recorded(r) for r in conn.execute(READ_ALL_AFTER, params)]
+
+
+def claim_checkpoint_sync(
+    conn: psycopg.Connection[Any], name: str, *, wait: bool = False
+) -> Checkpoint | None:
+    """The follower's checkpoint, locked until the caller's transaction ends; None when
+    another follower holds it (unless `wait`, which queues for it)."""
+    conn.execute(ENSURE_CHECKPOINT, (name,))
+    row = conn.execute(WAIT_FOR_CHECKPOINT if wait else CLAIM_CHECKPOINT, (name,)).fetchone()
+    return Checkpoint(*row) if row else None
+
+
+def save_checkpoint_sync(conn: psycopg.Connection[Any], name: str, at: Checkpoint) -> None:
+    conn.execute(SAVE_CHECKPOINT, (str(at.txid), at.position, name))
