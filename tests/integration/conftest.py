@@ -13,6 +13,8 @@ import httpx
 import pytest
 import uvicorn
 
+from services.core.settings import Settings
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -62,3 +64,13 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 5.0, interval: flo
 def client(base_url: str, user_id: Any | None = None) -> httpx.Client:
     headers = {"X-User-ID": str(user_id)} if user_id else {}
     return httpx.Client(base_url=base_url, headers=headers, timeout=10)
+
+
+@pytest.fixture
+def command_url(settings: Settings, serve_app: Callable[[Any], str]) -> Iterator[str]:
+    """A real command service with a real worker (projector and assistant) behind it."""
+    from services.command.app import create_app
+    from workers.main import running_worker
+
+    with running_worker(settings, threads=4):
+        yield serve_app(create_app(settings))

@@ -5,24 +5,13 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
 import psycopg
-import pytest
 from httpx_sse import connect_sse
 
-from services.command.app import create_app
-from services.core.settings import Settings
 from tests.integration.conftest import client, wait_until
-from workers.main import running_worker
-
-
-@pytest.fixture
-def command_url(settings: Settings, serve_app: Callable[[Any], str]) -> Iterator[str]:
-    with running_worker(settings, threads=4):
-        yield serve_app(create_app(settings))
 
 
 def _user(base: str) -> uuid.UUID:

@@ -5,26 +5,16 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
-import pytest
 import structlog.testing
 
-from services.command.app import create_app
 from services.core import events as ev
 from services.core.eventstore import StreamAppend, append_sync, stream_info_sync
 from services.core.settings import Settings
 from tests.integration.conftest import client, wait_until
 from workers.broker import make_broker, nudge_projector
-from workers.main import running_worker
-
-
-@pytest.fixture
-def command_url(settings: Settings, serve_app: Callable[[Any], str]) -> Iterator[str]:
-    with running_worker(settings, threads=4):
-        yield serve_app(create_app(settings))
 
 
 def _user(base: str) -> uuid.UUID:
