@@ -9,8 +9,9 @@ times each read as the query service runs it: as chat_query (RLS-bound), app.use
 the call's transaction, through get_user_sessions / get_session_messages(_keyset).
 Prints a table, writes bench/results/read_path.json, drops the database.
 
-Each timed call runs as the service runs it, with plan_cache_mode = force_custom_plan (see
-services/query/reader.py; --plan-cache-mode auto shows why). The timed span is one
+Each timed call runs as the service runs it (plan_cache_mode auto: the seed's functions
+branch instead of taking optional bounds, so generic plans keep their index ranges;
+--plan-cache-mode force_custom_plan measures the alternative). The timed span is one
 statement (execute + fetch) on a warm connection; `request_tx_keyset` times every
 statement of a GET .../messages?after= request once the user is set (user row, session
 total, page). --extra-sql measures a candidate migration (e.g. an index).
@@ -36,7 +37,6 @@ from psycopg import sql
 
 from services.core.db import QUERY_ROLE, SET_ROLE, SET_USER
 from services.core.migrate import migrate
-from services.query.reader import CUSTOM_PLANS
 
 SERVER_URL = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 RESULTS = Path(__file__).resolve().parent / "results" / "read_path.json"
@@ -121,6 +121,9 @@ def throwaway_database(server_url: str, keep: bool) -> Iterator[str]:
                 )
 
 
+CUSTOM_PLANS = "SET LOCAL plan_cache_mode = force_custom_plan"
+
+
 def sizes(scale: float) -> dict[str, int]:
     sessions = max(10, round(50_000 * scale))
     messages = max(100, round(1_000_000 * scale))
@@ -179,7 +182,7 @@ def measure(
         with conn.transaction():
             conn.execute(SET_USER, (user_id,))
             if custom_plans:
-                conn.execute(CUSTOM_PLANS)
+                conn.execute(CUSTOM_PLANS)  # transaction-local
             started = time.perf_counter()
             rows = call()
             elapsed = (time.perf_counter() - started) * 1000
@@ -258,8 +261,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--plan-cache-mode",
         choices=["force_custom_plan", "auto"],
-        default="force_custom_plan",
-        help="force_custom_plan is what the query service sets per transaction",
+        default="auto",
+        help="auto is what the query service runs with",
     )
     parser.add_argument(
         "--extra-sql",

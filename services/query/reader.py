@@ -31,12 +31,6 @@ from services.query.users import UserProfile, fetch_user
 T = TypeVar("T")
 log = structlog.get_logger("query.reader")
 CONNECTION_TIMEOUT_SECONDS = 10.0
-# The seed's functions take optional bounds (`p IS NULL OR col < p`, `coalesce(p, 0)`). A
-# generic plan, which prepared statements and plpgsql's plan cache switch to after five
-# calls on a connection, keeps those bounds out of the index condition: a cursor or keyset
-# page then walks (and filters) every row before it, like an offset. Custom plans see the
-# values. Transaction-local, like app.user_id (bench/read_path.py measures both modes).
-CUSTOM_PLANS = "SET LOCAL plan_cache_mode = force_custom_plan"
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,9 +81,8 @@ async def provide_reader(
     async with pool.connection(timeout=CONNECTION_TIMEOUT_SECONDS) as conn, conn.transaction():
         # Transaction-local (is_local = true): it ends with the transaction, so the pooled
         # connection goes back with app.user_id = '' and RLS shows the next borrower nothing.
-        async with conn.pipeline():  # one round trip for the three
+        async with conn.pipeline():  # one round trip for both
             await conn.execute(SET_USER, (str(user_id),))
-            await conn.execute(CUSTOM_PLANS)
             user = await fetch_user(conn, user_id)
         if user is None:
             raise unknown_user()

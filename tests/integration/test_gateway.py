@@ -72,8 +72,11 @@ def test_a_chat_round_trips_through_the_gateway(system: RunningSystem) -> None:
     headers = {"X-User-ID": user_id}
 
     def listed() -> dict[str, Any] | None:
-        page = httpx.get(f"{base}/api/v1/sessions", headers=headers, timeout=10).json()
-        return next((s for s in page["sessions"] if s["session_id"] == session_id), None)
+        # read-your-writes: wait for the projection to reach the chat (and so the user)
+        r = httpx.get(f"{base}/api/v1/sessions", timeout=10,
+                      headers={**headers, "X-Min-Position": str(accepted["position"])})
+        assert r.status_code == 200, r.text
+        return next((s for s in r.json()["sessions"] if s["session_id"] == session_id), None)
 
     assert wait_until(listed, timeout=REPLY_TIMEOUT_SECONDS)
 

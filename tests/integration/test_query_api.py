@@ -735,7 +735,9 @@ def test_readiness_fails_without_a_working_database_and_recovers(
     db.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(sql.Identifier(dbname)))
     try:
         db.execute(kill, (name,))
-        assert_error(httpx.get(f"{base}/readyz", timeout=10), 503, "not_ready")
+        unready = httpx.get(f"{base}/readyz", timeout=10)
+        assert unready.status_code == 503
+        assert unready.json()["error"] == "not_ready" and unready.json()["database"] is False
         assert httpx.get(f"{base}/healthz").status_code == 200
     finally:
         db.execute(
