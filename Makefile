@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,13 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[dev,bench]'
 	$(BIN)/python -m bench
+
+# 50 simulated users of mixed traffic for 10 minutes against `chatctl serve all` (a throwaway
+# database); SOAK_USERS / SOAK_SECONDS override. Figures in bench/results/soak.json.
+SOAK_USERS ?= 50
+SOAK_SECONDS ?= 600
+soak: $(STAMP)
+	$(BIN)/python -m bench.soak --users $(SOAK_USERS) --seconds $(SOAK_SECONDS)
 
 clean:
 	rm -rf $(VENV)

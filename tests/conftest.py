@@ -113,6 +113,7 @@ def settings(database_url: str, redis_url: str, redis_prefix: str) -> Settings:
         redis_url=redis_url,
         redis_prefix=redis_prefix,
         log_json=False,
+        worker_metrics_port=0,  # tests that want the worker's endpoint pick a free port
     )
 
 

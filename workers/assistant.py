@@ -12,6 +12,7 @@ AssistantReplyFailed, so no client waits on a reply that will never come.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import time
 import uuid
@@ -31,8 +32,10 @@ from services.core.eventstore import (
     stream_info_sync,
 )
 from services.core.live import LiveWriter, clear_stop, stop_requested
+from services.core.metrics import observe_reply
 from workers.broker import nudge_projector
 from workers.providers import ChatMessage, Provider, ProviderError, make_provider
+from workers.recovery import reply_lease
 from workers.runtime import WorkerRuntime
 
 log = structlog.get_logger("assistant")
@@ -74,12 +77,47 @@ def answer(
     provider: Provider | None = None,
 ) -> None:
     """Writes the assistant's reply to user message `message_id` of session `session_id`.
-    `provider` defaults to the one settings name (tests pass their own)."""
+    `provider` defaults to the one settings name (tests pass their own). The reply holds a
+    lease while it runs (workers/recovery.py): a duplicate delivery meanwhile leaves, and a
+    reply whose worker dies is recorded as failed by another worker's sweep."""
+    with reply_lease(runtime, session_id, message_id) as mine:
+        if mine:
+            _answer(runtime, session_id, message_id, provider=provider)
+
+
+def record_interrupted(
+    runtime: WorkerRuntime, sid: uuid.UUID, mid: uuid.UUID, code: str, detail: str
+) -> bool:
+    """Ends a reply another worker started and could not finish: `error` on the live
+    stream and AssistantReplyFailed. False when it was answered (or failed) after all."""
+    with structlog.contextvars.bound_contextvars(session_id=str(sid), message_id=str(mid)):
+        plan = _plan(runtime, sid, mid)
+        if plan is None:
+            return False
+        writer = LiveWriter(runtime.redis, runtime.settings, sid, reply_to=mid)
+        s = runtime.settings
+        _fail(runtime, writer, plan, (s.llm_provider, s.llm_model), code, detail,
+              time.monotonic())
+        return True
+
+
+def _answer(
+    runtime: WorkerRuntime,
+    session_id: str,
+    message_id: str,
+    *,
+    provider: Provider | None = None,
+) -> None:
     sid, mid = uuid.UUID(session_id), uuid.UUID(message_id)
-    with structlog.contextvars.bound_contextvars(session_id=session_id, message_id=message_id):
+    with (
+        structlog.contextvars.bound_contextvars(session_id=session_id, message_id=message_id),
+        contextlib.ExitStack() as bound,
+    ):
         plan = _plan(runtime, sid, mid)
         if plan is None:
             return
+        # every line from here on carries the ids of the HTTP request that asked
+        bound.enter_context(structlog.contextvars.bound_contextvars(**_request_ids(plan)))
         writer = LiveWriter(runtime.redis, runtime.settings, sid)
         clear_stop(runtime.redis, runtime.settings, sid)  # a stale stop must not cut this one
         writer.reply_started(plan.turn_id, mid)
@@ -117,12 +155,15 @@ def _reply(
         outcome = _generate(runtime, provider, plan, writer, started)
     except ProviderError as exc:
         log.warning("reply_failed", error=exc.code, detail=exc.detail)
+        observe_reply(*names, "failed", _ms(started))
         _fail(runtime, writer, plan, names, exc.code, exc.detail, started)
         return
     except BaseException as exc:  # a bug, or Dramatiq's time limit: still end the stream
         log.exception("reply_crashed")
+        observe_reply(*names, "failed", _ms(started))
         _fail(runtime, writer, plan, names, "internal_error", type(exc).__name__, started)
         raise
+    observe_reply(*names, outcome.finish_reason, outcome.latency_ms, outcome.first_token_ms)
     _store(runtime, writer, plan, provider, outcome)
 
 
@@ -190,6 +231,11 @@ def _event_metadata(question: RecordedEvent, mid: uuid.UUID, owner_id: uuid.UUID
             meta[key] = question.metadata[key]
     meta.setdefault("correlation_id", str(mid))
     return meta
+
+
+def _request_ids(plan: _Plan) -> dict[str, Any]:
+    return {k: plan.event_metadata[k] for k in ("request_id", "correlation_id")
+            if plan.event_metadata.get(k) is not None}
 
 
 def _ms(since: float) -> int:

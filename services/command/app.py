@@ -31,8 +31,10 @@ from services.command.controllers import (
 from services.command.errors import EXCEPTION_HANDLERS
 from services.command.stop import StopController
 from services.core.db import open_async_pool
+from services.core.gatewayauth import gateway_guard
 from services.core.health import health_controller
 from services.core.logging import configure_logging
+from services.core.metrics import MetricsMiddleware, metrics_handler
 from services.core.settings import Settings
 from workers.broker import make_broker
 
@@ -95,7 +97,7 @@ def create_app(settings: Settings, broker: dramatiq.Broker | None = None) -> Lit
                 the_broker.close()
 
     return Litestar(
-        route_handlers=CONTROLLERS,
+        route_handlers=[*CONTROLLERS, metrics_handler("command")],
         lifespan=[lifespan],
         state=State({"settings": settings, "broker": the_broker}),
         dependencies={
@@ -105,7 +107,8 @@ def create_app(settings: Settings, broker: dramatiq.Broker | None = None) -> Lit
             "request_ids": Provide(provide_request_ids, sync_to_thread=False),
             "caller": Provide(provide_caller),
         },
-        middleware=[RequestContextMiddleware()],
+        middleware=[MetricsMiddleware("command"), RequestContextMiddleware(),
+                    *gateway_guard(settings)],
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(title="Chat sessions: command API", version="1.0.0"),

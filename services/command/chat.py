@@ -21,7 +21,12 @@ from redis import asyncio as aioredis
 from services.command import notify
 from services.command.auth import Caller
 from services.command.errors import BadRequest, TooLarge, Unavailable
-from services.command.store import check_storable, in_transaction, owned_stream_version
+from services.command.store import (
+    append,
+    check_storable,
+    in_transaction,
+    owned_stream_version,
+)
 from services.core.events import (
     MessagePosted,
     ProjectCreated,
@@ -29,7 +34,7 @@ from services.core.events import (
     project_stream,
     session_stream,
 )
-from services.core.eventstore import StreamAppend, append
+from services.core.eventstore import StreamAppend
 from services.core.live import StreamLease, sse_response, sse_stream
 from services.core.settings import Settings
 

@@ -18,7 +18,7 @@ from psycopg_pool import AsyncConnectionPool
 from services.command import chat, legacy, sessions, users
 from services.command.auth import Caller, RequestIds
 from services.command.errors import ErrorBody, TooManyStreams
-from services.core.live import StreamLease, live_redis
+from services.core.live import SseEvent, StreamLease, live_redis
 from services.core.settings import Settings
 
 EVENT_STREAM = "text/event-stream"
@@ -61,7 +61,7 @@ class ChatController(Controller):
         status_code=202,
         responses={
             200: ResponseSpec(
-                str, media_type="text/event-stream", generate_examples=False,
+                SseEvent, media_type="text/event-stream", generate_examples=False,
                 description="The default answer: server-sent events `session`, then "
                 "`delta`..., `message`, `done` (or `error`).",
             ),
@@ -138,7 +138,7 @@ class LegacyChatController(Controller):
         status_code=200,
         responses={
             200: ResponseSpec(
-                str, media_type="text/event-stream", generate_examples=False,
+                SseEvent, media_type="text/event-stream", generate_examples=False,
                 description="Server-sent events: `session`, `delta`..., `message`, `done`.",
             ),
             **errors(404, 413, 429, 503),

@@ -13,6 +13,7 @@ from typing import Any
 
 import msgspec
 import psycopg
+import redis.exceptions
 import structlog
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
@@ -126,12 +127,25 @@ def too_deep(_: Request[Any, Any, Any], exc: RecursionError) -> Response[dict[st
     return _response(400, "invalid_request", "the JSON body is nested too deeply")
 
 
+def not_utf8(_: Request[Any, Any, Any], exc: UnicodeDecodeError) -> Response[dict[str, Any]]:
+    # Also raised by Litestar's JSON decoding, before our Struct: bad bytes are bad input.
+    return _response(400, "invalid_request", "the body is not valid UTF-8")
+
+
 def database_unavailable(
     _: Request[Any, Any, Any], exc: psycopg.OperationalError
 ) -> Response[dict[str, Any]]:
     # Connection lost, server down, pool exhausted (PoolTimeout is one of these): retryable.
     log.error("database_unavailable", error=repr(exc))
     return _response(503, "database_unavailable", "the database is unavailable; try again")
+
+
+def redis_unavailable(
+    _: Request[Any, Any, Any], exc: redis.exceptions.RedisError
+) -> Response[dict[str, Any]]:
+    # Redis down or restarting (live streams, stream leases): retryable, never a 500.
+    log.error("redis_unavailable", error=repr(exc))
+    return _response(503, "redis_unavailable", "the live reply service is unavailable; try again")
 
 
 def unexpected_error(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
@@ -145,6 +159,8 @@ EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     ValidationException: validation_error,
     HTTPException: http_error,
     RecursionError: too_deep,
+    UnicodeDecodeError: not_utf8,
     psycopg.OperationalError: database_unavailable,
+    redis.exceptions.RedisError: redis_unavailable,
     Exception: unexpected_error,
 }

@@ -14,9 +14,14 @@ from psycopg_pool import AsyncConnectionPool
 from services.command import notify
 from services.command.auth import Caller
 from services.command.errors import BadRequest
-from services.command.store import check_storable, in_transaction, owned_stream_version
+from services.command.store import (
+    append,
+    check_storable,
+    in_transaction,
+    owned_stream_version,
+)
 from services.core.events import SessionDeleted, SessionRenamed, session_stream
-from services.core.eventstore import MARK_STREAM_DELETED, StreamAppend, append
+from services.core.eventstore import MARK_STREAM_DELETED, StreamAppend
 
 log = structlog.get_logger("command.sessions")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import psycopg
@@ -19,7 +19,9 @@ import structlog
 from psycopg_pool import AsyncConnectionPool
 
 from services.command.errors import BadRequest, Conflict, NotFound
-from services.core.eventstore import ConcurrencyError
+from services.core import eventstore
+from services.core.eventstore import ConcurrencyError, StreamAppend
+from services.core.metrics import timing_append
 
 T = TypeVar("T")
 log = structlog.get_logger("command.store")
@@ -57,6 +59,16 @@ async def retry_on_conflict(attempt: Callable[[], Awaitable[T]], attempts: int =
                 ) from exc
             await asyncio.sleep(random.uniform(0, _BACKOFF_SECONDS * number))
     raise AssertionError("attempts must be at least 1")
+
+
+async def append(
+    conn: psycopg.AsyncConnection[Any],
+    appends: Sequence[StreamAppend],
+    metadata: dict[str, Any] | None = None,
+) -> list[int]:
+    """eventstore.append, timed: chat_event_append_duration_seconds on /metrics."""
+    with timing_append():
+        return await eventstore.append(conn, appends, metadata)
 
 
 async def in_transaction(

@@ -14,9 +14,9 @@ from psycopg_pool import AsyncConnectionPool
 from services.command import notify
 from services.command.auth import Caller, RequestIds
 from services.command.errors import Conflict
-from services.command.store import in_transaction
+from services.command.store import append, in_transaction
 from services.core.events import UserRegistered, user_stream
-from services.core.eventstore import StreamAppend, append
+from services.core.eventstore import StreamAppend
 
 log = structlog.get_logger("command.users")
 

@@ -16,6 +16,38 @@ SET_LOCAL_ROLE = "SET LOCAL ROLE {}"
 SET_USER = "SELECT set_config('app.user_id', %s, true)"
 
 
+# A pooled connection the server dropped (restart, pg_terminate_backend, idle timeout) is
+# replaced before it is lent instead of failing the request. Not psycopg_pool's own `check=`:
+# after a failed check it sleeps with its reconnection back-off (1 s, 2 s, 4 s, ...) even
+# while healthy connections wait in the pool, so a burst of killed connections stalled
+# requests up to the pool timeout (tests/integration/test_faults_postgres.py found it).
+CHECK_ATTEMPTS = 4  # then the connection is lent as is; a failure then is a 503
+
+
+class CheckedAsyncPool(AsyncConnectionPool):
+    async def getconn(self, timeout: float | None = None) -> Any:  # noqa: ASYNC109 (its API)
+        for _ in range(CHECK_ATTEMPTS - 1):
+            conn = await super().getconn(timeout)
+            try:
+                await AsyncConnectionPool.check_connection(conn)
+                return conn
+            except Exception:
+                await self.putconn(conn)  # broken: the pool discards and replaces it
+        return await super().getconn(timeout)
+
+
+class CheckedPool(ConnectionPool):
+    def getconn(self, timeout: float | None = None) -> Any:
+        for _ in range(CHECK_ATTEMPTS - 1):
+            conn = super().getconn(timeout)
+            try:
+                ConnectionPool.check_connection(conn)
+                return conn
+            except Exception:
+                self.putconn(conn)
+        return super().getconn(timeout)
+
+
 def _set_role_sync(role: str | None):  # type: ignore[no-untyped-def]
     def configure(conn: psycopg.Connection[Any]) -> None:
         if role:
@@ -38,7 +70,7 @@ async def open_async_pool(
     url: str, *, role: str | None = None, min_size: int = 2, max_size: int = 10
 ) -> AsyncConnectionPool:
     """A pool whose connections act as `role` (SET ROLE at connect) when one is given."""
-    pool = AsyncConnectionPool(
+    pool = CheckedAsyncPool(
         url,
         min_size=min_size,
         max_size=max_size,
@@ -53,7 +85,7 @@ async def open_async_pool(
 def open_pool(
     url: str, *, role: str | None = None, min_size: int = 1, max_size: int = 4
 ) -> ConnectionPool:
-    pool = ConnectionPool(
+    pool = CheckedPool(
         url,
         min_size=min_size,
         max_size=max_size,

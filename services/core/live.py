@@ -25,12 +25,14 @@ from contextlib import aclosing
 from typing import Any
 
 import anyio
+import msgspec
 import redis
 import redis.asyncio as aioredis
 import structlog
 from litestar.response import ServerSentEvent
 from litestar.response.sse import ServerSentEventMessage
 
+from services.core.metrics import SSE_CONNECTIONS
 from services.core.settings import Settings
 
 log = structlog.get_logger("live")
@@ -41,6 +43,10 @@ STOP_TTL_SECONDS = 30  # a stop is for the reply being written now, not one hour
 _STREAM_ID = re.compile(r"^\d+-\d+$")
 _MAX_SEQ = 2**64 - 1
 _READ_COUNT = 256
+# One XREAD blocks at most this long, then the loop reads again: redis-py 8 clients time a
+# read out after socket_timeout (5 s by default), and an idle stream's longer block (up to
+# a heartbeat, 15 s) then killed the stream mid-response (found by bench/soak.py).
+_MAX_BLOCK_SECONDS = 2.0
 
 # XADD + EXPIRE + (SET latest | EXPIRE latest) in one step: a reader never sees a reply's
 # `started` entry without `latest` pointing at it, and the two keys expire together.
@@ -84,11 +90,17 @@ class LiveWriter:
     """Writes one reply's entries. Call reply_started first; every later entry carries the
     same `reply` so readers can follow this reply alone."""
 
-    def __init__(self, client: redis.Redis, settings: Settings, session_id: uuid.UUID) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        settings: Settings,
+        session_id: uuid.UUID,
+        reply_to: uuid.UUID | None = None,  # to end a reply another writer started
+    ) -> None:
         self._settings = settings
         self._keys = [live_key(settings, session_id), latest_key(settings, session_id)]
         self._append = client.register_script(_APPEND_LUA)
-        self._reply = ""
+        self._reply = str(reply_to) if reply_to is not None else ""
 
     def _write(self, kind: str, data: Mapping[str, Any], *, start: bool = False) -> str:
         s = self._settings
@@ -256,7 +268,8 @@ async def relay(
             if deadline is not None:
                 wait = min(wait, deadline - now)
             response = await client.xread(
-                {key: cursor.position}, count=_READ_COUNT, block=max(1, int(wait * 1000))
+                {key: cursor.position}, count=_READ_COUNT,
+                block=max(1, int(min(wait, _MAX_BLOCK_SECONDS) * 1000)),
             )
             for entry_id, fields in _entries(response):
                 cursor.position = entry_id
@@ -339,6 +352,7 @@ async def sse_stream(
     """The body of a live SSE response: `prelude` (POST /chat's `session` event), then
     relay(). Renews `lease` as events and heartbeats flow and releases it however the
     stream ends, a client disconnect included."""
+    SSE_CONNECTIONS.inc()
     try:
         for event in prelude:
             yield event
@@ -357,6 +371,7 @@ async def sse_stream(
                     await lease.renew()
                 yield event
     finally:
+        SSE_CONNECTIONS.dec()
         if lease is not None:
             # Litestar cancels the response's task group on disconnect and anyio keeps
             # cancelling every await in that scope: shield the release so it happens.
@@ -364,10 +379,21 @@ async def sse_stream(
                 await lease.release()
 
 
+class SseEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """One event of a text/event-stream body, for the OpenAPI documents: tools read such a
+    schema as the shape of each event (OpenAPI 3.2's itemSchema), not of the whole body."""
+
+    event: str | None = None
+    data: str | None = None
+    id: str | None = None
+    retry: int | None = None
+
+
 def sse_response(events: AsyncIterator[ServerSentEventMessage]) -> ServerSentEvent:
     """A text/event-stream response over sse_stream(); Litestar's own headers already turn
     off proxy buffering (X-Accel-Buffering: no) and caching."""
-    return ServerSentEvent(events)
+    # 200 whatever the route's default: POST /chat's is 202, for its JSON answer
+    return ServerSentEvent(events, status_code=200)
 
 
 def live_redis(state: Any, settings: Settings) -> aioredis.Redis:

@@ -23,6 +23,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_message_chars: int = 32_000
     max_body_bytes: int = 256 * 1024
     max_streams_per_user: int = 8
+    # Signed-token mode (services/core/gatewayauth.py): the gateway verifies
+    # `Authorization: Bearer <JWT HS256>` with this key and sets X-User-ID from its `sub`
+    # (empty = off); with gateway_secret set the services refuse requests the gateway did
+    # not sign. Set both in production.
+    auth_jwt_secret: str = ""
+    gateway_secret: str = ""
+    # The gateway answers 431 past this many bytes of request headers (uvicorn sets none).
+    max_header_bytes: int = 32 * 1024
     # Projection
     projector_batch_size: int = 500
     projector_sweep_seconds: float = 0.25
@@ -45,8 +53,21 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     llm_api_key: str = ""
     llm_timeout_seconds: float = 60.0
     llm_context_messages: int = 40
+    # The offline provider's pause per delta (tests slow it down to act mid-reply).
+    llm_offline_delay_seconds: float = 0.03
+    # Reply recovery (workers/recovery.py): a reply being written holds a lease renewed
+    # every reply_lease_seconds / 3; one whose lease ran out (its worker died) is recorded
+    # as failed. A user message posted through the API with no reply after
+    # reply_request_grace_seconds, none being written, is asked for again (within
+    # reply_recovery_window_seconds of being posted; 0 turns that off).
+    reply_lease_seconds: float = 10.0
+    reply_request_grace_seconds: float = 30.0
+    reply_recovery_window_seconds: float = 3600.0
+    reply_recovery_sweep_seconds: float = 1.0
     log_level: str = "INFO"
     log_json: bool = True
+    # The worker process's Prometheus endpoint (http://HOST:port/metrics); 0 turns it off.
+    worker_metrics_port: int = 9100
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: object) -> Settings:

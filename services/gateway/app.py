@@ -26,6 +26,8 @@ import msgspec
 import psycopg
 import redis.asyncio as aioredis
 
+from services.core.gatewayauth import Refused, authorize_upstream, sign_upstream
+from services.core.metrics import METRICS_PATH, exposition, timed_send
 from services.core.settings import Settings
 from services.gateway.openapi import merge_openapi
 
@@ -65,10 +67,16 @@ class Gateway:
         if scope["type"] != "http":
             return  # no websockets here: the live stream is SSE
         path, method = scope["path"], scope["method"]
-        if path == "/healthz":
+        send = timed_send(send, "gateway", method, _metrics_route(path, method))
+        if sum(len(k) + len(v) for k, v in scope["headers"]) > self.settings.max_header_bytes:
+            await _json(send, 431, {"error": "headers_too_large",
+                                    "detail": "the request headers are over the limit"})
+        elif path == "/healthz":
             await _json(send, 200, {"status": "ok"})
         elif path == "/readyz":
             await self._ready(send)
+        elif method in READ_METHODS and path == METRICS_PATH:
+            await _metrics(scope, send)
         elif method in READ_METHODS and path == OPENAPI_PATH:
             await self._openapi(send)
         elif method in READ_METHODS and (path == "/" or path.startswith(UI_PREFIX)):
@@ -180,6 +188,12 @@ class Gateway:
 
     async def _proxy(self, scope: Scope, receive: Receive, send: Send) -> None:
         assert self.client is not None
+        try:  # signed-token mode: X-User-ID from the token, never from the client
+            upstream_headers = authorize_upstream(self.settings, scope["method"], scope["path"],
+                                                  _upstream_headers(scope))
+        except Refused as exc:
+            await _json(send, 401, {"error": exc.code, "detail": exc.detail})
+            return
         body = bytearray()
         while True:
             message = await receive()
@@ -196,8 +210,9 @@ class Gateway:
         if scope["query_string"]:
             url += "?" + scope["query_string"].decode()
         request = self.client.build_request(scope["method"], url,
-                                            headers=_upstream_headers(scope),
+                                            headers=upstream_headers,
                                             content=bytes(body))
+        sign_upstream(self.settings, request.method, request.url.raw_path, request.headers)
         try:
             response = await self.client.send(request, stream=True)
         except httpx.HTTPError:
@@ -265,6 +280,26 @@ async def _json(send: Send, status: int, payload: dict[str, Any]) -> None:
     body = msgspec.json.encode(payload)
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _metrics_route(path: str, method: str) -> str:
+    """The `route` label: the gateway's own paths, else which service it proxied to (a raw
+    path would be a label value per session id)."""
+    if path in ("/healthz", "/readyz", METRICS_PATH, OPENAPI_PATH):
+        return path
+    if method in READ_METHODS and (path == "/" or path.startswith(UI_PREFIX)):
+        return "/ui"
+    return "proxy:query" if method in READ_METHODS else "proxy:command"  # as upstream_for
+
+
+async def _metrics(scope: Scope, send: Send) -> None:
+    """This process's registry: the gateway's own numbers (each service has its own)."""
+    accept = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"accept"), None)
+    body, content_type = exposition(accept)
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", content_type.encode()),
                             (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
 

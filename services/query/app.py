@@ -13,9 +13,12 @@ from litestar.types import ControllerRouterHandler
 from redis import asyncio as aioredis
 
 from services.core.db import QUERY_ROLE, open_async_pool
+from services.core.gatewayauth import gateway_guard
 from services.core.health import health_controller
 from services.core.logging import configure_logging
+from services.core.metrics import MetricsMiddleware, metrics_handler, refresh_projection_lag
 from services.core.settings import Settings
+from services.query.consistency import PROJECTION
 from services.query.controllers import SessionsController, UsersController
 from services.query.errors import EXCEPTION_HANDLERS
 from services.query.middleware import RequestContextMiddleware
@@ -29,6 +32,11 @@ ROUTE_HANDLERS: list[ControllerRouterHandler] = [
     UsersController,
     StreamController,
 ]
+
+
+async def _measure_projection_lag(state: State) -> None:
+    # on scrape, through projection_lag() (the query role may not read the event store)
+    await refresh_projection_lag(getattr(state, "pool", None), PROJECTION)
 
 
 def create_app(settings: Settings) -> Litestar:
@@ -48,12 +56,13 @@ def create_app(settings: Settings) -> Litestar:
             await app.state.redis.aclose()
 
     return Litestar(
-        route_handlers=ROUTE_HANDLERS,
+        route_handlers=[*ROUTE_HANDLERS, metrics_handler("query", _measure_projection_lag)],
         lifespan=[lifespan],
         state=State({"settings": settings, "pool": None}),
         dependencies={"reader": Provide(provide_reader)},
         exception_handlers=EXCEPTION_HANDLERS,
-        middleware=[RequestContextMiddleware()],
+        middleware=[MetricsMiddleware("query"), RequestContextMiddleware(),
+                    *gateway_guard(settings)],
         openapi_config=OpenAPIConfig(
             title="Chat sessions: query API",
             version="1.0.0",

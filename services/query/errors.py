@@ -8,6 +8,7 @@ from typing import Any
 
 import msgspec
 import psycopg
+import redis.exceptions
 import structlog
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
@@ -90,6 +91,9 @@ def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Respons
     if isinstance(exc, PoolTimeout | psycopg.OperationalError):
         log.warning("database_unavailable", error=str(exc))
         return _body(503, "unavailable", "the database is unavailable; retry later")
+    if isinstance(exc, redis.exceptions.RedisError):  # live streams need Redis
+        log.warning("redis_unavailable", error=str(exc))
+        return _body(503, "unavailable", "the live reply service is unavailable; retry later")
     log.exception("unhandled_error", path=request.url.path)
     return _body(500, "internal_error", "internal server error")
 

@@ -12,6 +12,7 @@ from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 REQUEST_ID_HEADER = b"x-request-id"
+CORRELATION_ID_HEADER = b"x-correlation-id"
 _SAFE_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
 log = structlog.get_logger("query.http")
 
@@ -21,6 +22,14 @@ def _incoming_request_id(scope: Scope) -> str:
         if name == REQUEST_ID_HEADER and _SAFE_ID.match(value):
             return value.decode()
     return uuid.uuid4().hex
+
+
+def _incoming_correlation_id(scope: Scope, request_id: str) -> str:
+    """The client's X-Correlation-ID (as the command service takes it), else the request's."""
+    for name, value in scope.get("headers", []):
+        if name == CORRELATION_ID_HEADER and _SAFE_ID.match(value):
+            return value.decode()
+    return request_id
 
 
 class RequestContextMiddleware(ASGIMiddleware):
@@ -44,7 +53,9 @@ class RequestContextMiddleware(ASGIMiddleware):
             await send(message)
 
         structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(request_id=request_id)
+        structlog.contextvars.bind_contextvars(
+            request_id=request_id, correlation_id=_incoming_correlation_id(scope, request_id)
+        )
         try:
             await next_app(scope, receive, send_wrapper)
         finally:

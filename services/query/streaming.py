@@ -19,12 +19,13 @@ from uuid import UUID
 import structlog
 from litestar import Controller, get
 from litestar.datastructures import State
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import HeaderParameter, PathParameter, QueryParameter
 from litestar.response import ServerSentEvent
 from psycopg_pool import AsyncConnectionPool
 
 from services.core.db import SET_USER
-from services.core.live import StreamLease, live_redis, sse_response, sse_stream
+from services.core.live import SseEvent, StreamLease, live_redis, sse_response, sse_stream
 from services.core.settings import Settings
 from services.query.auth import USER_HEADER, parse_user_id, unknown_user
 from services.query.consistency import MIN_POSITION_HEADER, parse_min_position, wait_for_position
@@ -72,7 +73,11 @@ class StreamController(Controller):
     @get(
         "/{session_id:str}/stream",
         operation_id="streamSession",
-        responses=error_responses(400, 401, 404, 429),
+        responses={
+            200: ResponseSpec(SseEvent, media_type="text/event-stream", generate_examples=False,
+                              description="Server-sent events: `delta`..., `message`, `done`."),
+            **error_responses(400, 401, 404, 429),
+        },
     )
     async def stream(
         self,

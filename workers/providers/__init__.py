@@ -58,7 +58,7 @@ def make_provider(settings: Settings) -> Provider:
     if settings.llm_provider == "offline":
         from workers.providers.offline import OfflineProvider
 
-        return OfflineProvider()
+        return OfflineProvider(settings.llm_offline_delay_seconds)
     if settings.llm_provider == "openai":
         from workers.providers.openai_compat import OpenAICompatProvider
 
