@@ -100,7 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("migrate", help="apply pending database migrations").set_defaults(
         run=_migrate)
     worker = commands.add_parser("worker", help="run the Dramatiq workers and the sweep")
-    worker.add_argument("--threads", type=int, default=4)
+    # assistant threads: a reply mostly waits on the provider, so threads are cheap
+    worker.add_argument("--threads", type=int, default=16,
+                        help="threads writing assistant replies (default 16)")
     worker.set_defaults(run=_worker)
     serve = commands.add_parser("serve", help="run a service (or all of them)")
     serve.add_argument("what", choices=["command", "query", "gateway", "all"])

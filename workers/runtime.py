@@ -28,7 +28,7 @@ class WorkerRuntime:
     def open(cls, settings: Settings, broker: dramatiq.Broker | None = None) -> WorkerRuntime:
         return cls(
             settings=settings,
-            pool=open_pool(settings.database_url, max_size=8),
+            pool=open_pool(settings.database_url, max_size=12),
             redis=redis.Redis.from_url(settings.redis_url),
             broker=broker or make_broker(settings),
         )
