@@ -89,7 +89,9 @@ def test_opening_and_dropping_500_streams_leaks_nothing(
         assert after["leases"] == 0 and after["redis_blocked_readers"] == 0, after
         # pools may still grow to the peak concurrency (PARALLEL), never with the count
         assert after["redis_clients"] <= before["redis_clients"] + PARALLEL, (before, after)
-        assert after["pg_connections"] <= before["pg_connections"] + 2, (before, after)
+        # the query pool may still grow towards its max_size (10) under 20 parallel opens;
+        # a leak would grow with the 500
+        assert after["pg_connections"] <= before["pg_connections"] + 10, (before, after)
         assert after["fds"] <= before["fds"] + PARALLEL + 5, (before, after)
         # and the service still streams
         assert _open_and_drop(*streams[0]) == 200
