@@ -58,13 +58,14 @@ class RunningSystem:
 
 
 @contextmanager
-def running_system(database_url: str, redis_url: str, redis_prefix: str,
-                   tmp_path: Path) -> Iterator[RunningSystem]:
+def running_system(database_url: str | None, redis_url: str | None, redis_prefix: str,
+                   tmp_path: Path, **extra_env: str) -> Iterator[RunningSystem]:
+    """None for a URL leaves its variable unset (the runner then probes and embeds)."""
     port = free_port()
     env = {
-        **os.environ,
-        "DATABASE_URL": database_url,
-        "REDIS_URL": redis_url,
+        **{k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")},
+        **({"DATABASE_URL": database_url} if database_url else {}),
+        **({"REDIS_URL": redis_url} if redis_url else {}),
         # a prefix of its own: no other test's worker may take this system's jobs
         "REDIS_PREFIX": f"{redis_prefix}system-{uuid.uuid4().hex[:8]}:",
         "PORT": str(port),
@@ -75,6 +76,7 @@ def running_system(database_url: str, redis_url: str, redis_prefix: str,
         "QUERY_URL": "",
         "LOG_JSON": "false",
         "CHAT_DATA_DIR": str(tmp_path / "data"),  # never the developer's ./data
+        **extra_env,
     }
     log_path = tmp_path / "system.log"
     with log_path.open("wb") as log:

@@ -37,6 +37,10 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+# The tests' output folder (git-ignored), as Playwright's own runner would use.
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "test-results" / "browser"
+
+
 @pytest.fixture(scope="module")
 def system(make_database: object, redis_url: str, redis_prefix: str,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSystem]:
@@ -132,6 +136,10 @@ def test_a_user_chats_renames_reloads_and_deletes(page: object) -> None:
     expect(messages).to_have_count(2)
     expect(messages.nth(0)).to_have_text("I want to write a horror story")
     expect(messages.nth(1)).to_have_text(final_text)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    shot = SCREENSHOTS / "session-after-reload.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 0
 
     # Delete (confirmed in a dialog): gone now and after another reload.
     page.once("dialog", lambda dialog: dialog.accept())

