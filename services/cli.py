@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+import msgspec
+
 from services.core.logging import configure_logging
 from services.core.settings import Settings
 
@@ -110,7 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     _add_operations(commands)
 
     args = parser.parse_args(argv)
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env()
+    except msgspec.ValidationError as exc:  # e.g. PORT=abc: say which, no traceback
+        print(f"chatctl: invalid setting: {exc}", file=sys.stderr)
+        return 2
     configure_logging(settings.log_level, settings.log_json)
     return int(args.run(settings, args))
 
