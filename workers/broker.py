@@ -46,3 +46,20 @@ def request_reply(broker: dramatiq.Broker, session_id: uuid.UUID, message_id: uu
         kwargs={},
         options={},
     ))
+
+
+def nudge_and_request_reply(
+    broker: dramatiq.Broker, session_id: uuid.UUID, message_id: uuid.UUID
+) -> tuple[Exception | None, Exception | None]:
+    """Both messages of a posted chat in one call (one thread hop for the command service):
+    the nudge, then the reply request, each sent even when the other fails. Returns what
+    each raised (None when sent) instead of raising."""
+    errors: list[Exception | None] = []
+    for send in (lambda: nudge_projector(broker),
+                 lambda: request_reply(broker, session_id, message_id)):
+        try:
+            send()
+            errors.append(None)
+        except Exception as exc:
+            errors.append(exc)
+    return errors[0], errors[1]

@@ -21,6 +21,7 @@ from services.command.auth import (
     RequestContextMiddleware,
     RequestIds,
     authenticate,
+    parse_user_id,
 )
 from services.command.controllers import (
     ChatController,
@@ -78,6 +79,18 @@ async def provide_caller(
     return Caller(await authenticate(pool, x_user_id), request_ids)
 
 
+def provide_claimed_caller(
+    request_ids: NamedDependency[RequestIds],
+    x_user_id: Annotated[
+        str | None,
+        HeaderParameter(name="X-User-ID", description="The calling user (set by the gateway)."),
+    ] = None,
+) -> Caller:
+    """The header's user, parsed (401 missing, 400 not a UUID) but not yet looked up: for a
+    handler that checks the user inside its own transaction (saves a pool checkout)."""
+    return Caller(parse_user_id(x_user_id), request_ids, verified=False)
+
+
 def create_app(settings: Settings, broker: dramatiq.Broker | None = None) -> Litestar:
     configure_logging(settings.log_level, settings.log_json)
     own_broker = broker is None
@@ -106,6 +119,7 @@ def create_app(settings: Settings, broker: dramatiq.Broker | None = None) -> Lit
             "settings": Provide(provide_settings, sync_to_thread=False),
             "request_ids": Provide(provide_request_ids, sync_to_thread=False),
             "caller": Provide(provide_caller),
+            "claimed_caller": Provide(provide_claimed_caller, sync_to_thread=False),
         },
         middleware=[MetricsMiddleware("command"), RequestContextMiddleware(),
                     *gateway_guard(settings)],

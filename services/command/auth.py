@@ -46,6 +46,9 @@ class RequestIds(msgspec.Struct, frozen=True):
 class Caller(msgspec.Struct, frozen=True):
     user_id: uuid.UUID
     ids: RequestIds
+    # False: the header's id was parsed but not yet checked against the registered users;
+    # whoever takes such a caller checks it (POST /api/v1/chat does, in its own transaction).
+    verified: bool = True
 
     def event_metadata(self) -> dict[str, Any]:
         return {
@@ -74,10 +77,25 @@ async def authenticate(pool: AsyncConnectionPool[Any], header: str | None) -> uu
     user_id = parse_user_id(header)
     async with pool.connection() as conn:
         exists = await _user_exists(conn, user_id)
+    known_user(user_id, exists)
+    return user_id
+
+
+def known_user(user_id: uuid.UUID, exists: bool) -> None:
+    """401 unless the user is registered; else binds the user to the request's log lines."""
     if not exists:
         raise Unauthorized("unknown user", code="unknown_user")
     structlog.contextvars.bind_contextvars(user_id=str(user_id))
-    return user_id
+
+
+async def verified(pool: AsyncConnectionPool[Any], caller: Caller) -> Caller:
+    """The caller, checked on its own pool checkout unless it already was (401 if unknown)."""
+    if caller.verified:
+        return caller
+    async with pool.connection() as conn:
+        exists = await _user_exists(conn, caller.user_id)
+    known_user(caller.user_id, exists)
+    return Caller(caller.user_id, caller.ids)
 
 
 async def _user_exists(conn: psycopg.AsyncConnection[Any], user_id: uuid.UUID) -> bool:

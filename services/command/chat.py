@@ -19,13 +19,13 @@ from psycopg_pool import AsyncConnectionPool
 from redis import asyncio as aioredis
 
 from services.command import notify
-from services.command.auth import Caller
+from services.command.auth import Caller, known_user, verified
 from services.command.errors import BadRequest, TooLarge, Unavailable
 from services.command.store import (
     append,
     check_storable,
     in_transaction,
-    owned_stream_version,
+    owned_version,
 )
 from services.core.events import (
     MessagePosted,
@@ -33,6 +33,7 @@ from services.core.events import (
     SessionStarted,
     project_stream,
     session_stream,
+    user_stream,
 )
 from services.core.eventstore import StreamAppend
 from services.core.live import StreamLease, sse_response, sse_stream
@@ -40,9 +41,30 @@ from services.core.settings import Settings
 
 log = structlog.get_logger("command.chat")
 
-# A session's project is fixed when it starts: version 1 is always SessionStarted.
-SESSION_PROJECT = """
-SELECT (data->>'project_id')::uuid FROM events WHERE stream_id = %s AND version = 1
+# One statement, one round trip, for what a post needs to know before it appends: whether
+# the caller is a registered user (auth.USER_EXISTS), the target stream's row (the session's
+# locked FOR UPDATE, as store.LOCK_STREAM; a project's only read, as store.READ_STREAM_ROW)
+# and a session's project, fixed when it starts: version 1 is always SessionStarted. A stream
+# that does not exist leaves its columns NULL.
+_CALLER_KNOWN = """
+SELECT EXISTS (
+    SELECT 1 FROM event_streams WHERE stream_id = %(user_stream)s AND stream_type = 'user'
+       AND NOT deleted
+) AS known
+"""
+CALLER_AND_SESSION = f"""
+SELECT caller.known, s.stream_type, s.owner_id, s.version, s.deleted, started.project_id
+  FROM ({_CALLER_KNOWN}) caller
+  LEFT JOIN (SELECT stream_type, owner_id, version, deleted FROM event_streams
+              WHERE stream_id = %(stream_id)s FOR UPDATE) s ON true
+  LEFT JOIN (SELECT (data->>'project_id')::uuid AS project_id FROM events
+              WHERE stream_id = %(stream_id)s AND version = 1) started ON true
+"""
+CALLER_AND_PROJECT = f"""
+SELECT caller.known, p.stream_type, p.owner_id, p.version, p.deleted
+  FROM ({_CALLER_KNOWN}) caller
+  LEFT JOIN (SELECT stream_type, owner_id, version, deleted FROM event_streams
+              WHERE stream_id = %(stream_id)s) p ON true
 """
 
 TITLE_CHARS = 60
@@ -94,7 +116,14 @@ async def post_chat(
     caller: Caller,
     body: PostChat,
 ) -> ChatAccepted:
-    text = clean_text(body.text, settings.max_message_chars)
+    """`caller` may be unverified (auth.Caller.verified): its user is then checked in the
+    transaction, by the statement that reads the target stream, and an unknown user answers
+    401 before anything else about the request, as when the check was its own."""
+    try:
+        text = clean_text(body.text, settings.max_message_chars)
+    except Exception:
+        await verified(pool, caller)  # 401 comes first
+        raise
 
     async def work(conn: psycopg.AsyncConnection[Any]) -> ChatAccepted:
         if body.session_id is None:
@@ -115,9 +144,8 @@ async def announce(broker: dramatiq.Broker, accepted: ChatAccepted) -> None:
         created=accepted.created,
         position=accepted.position,
     )
-    await notify.nudge_projector(broker)
     try:
-        await notify.request_reply(broker, accepted.session_id, accepted.message_id)
+        await notify.nudge_and_request_reply(broker, accepted.session_id, accepted.message_id)
     except Exception as exc:  # Redis down or hanging: the message is stored, the reply is not
         log.error("reply_request_failed", error=repr(exc))
         raise Unavailable(
@@ -168,11 +196,24 @@ def accepted_as(
     )
 
 
+def _caller_params(caller: Caller, stream_id: str) -> dict[str, Any]:
+    return {"user_stream": user_stream(caller.user_id), "stream_id": stream_id}
+
+
+def _check_caller(caller: Caller, known: bool) -> None:
+    if not caller.verified:
+        known_user(caller.user_id, known)
+
+
 async def _start_session(
     conn: psycopg.AsyncConnection[Any], caller: Caller, project_id: uuid.UUID | None, text: str
 ) -> ChatAccepted:
     appends: list[StreamAppend] = []
     if project_id is None:
+        if not caller.verified:
+            cur = await conn.execute(_CALLER_KNOWN, {"user_stream": user_stream(caller.user_id)})
+            known = await cur.fetchone()
+            _check_caller(caller, bool(known and known[0]))
         project_id = uuid.uuid4()
         appends.append(StreamAppend(
             stream_id=project_stream(project_id),
@@ -182,9 +223,13 @@ async def _start_session(
             owner_id=caller.user_id,
         ))
     else:
-        await owned_stream_version(
-            conn, project_stream(project_id), "project", caller.user_id, lock=False
+        cur = await conn.execute(
+            CALLER_AND_PROJECT, _caller_params(caller, project_stream(project_id))
         )
+        row = await cur.fetchone()
+        assert row is not None  # the caller's row is always there
+        _check_caller(caller, row[0])
+        owned_version(row[1:], "project", caller.user_id)
     session_id = uuid.uuid4()
     started = SessionStarted(
         session_id=session_id,
@@ -208,10 +253,13 @@ async def _continue_session(
     conn: psycopg.AsyncConnection[Any], caller: Caller, session_id: uuid.UUID, text: str
 ) -> ChatAccepted:
     stream_id = session_stream(session_id)
-    version = await owned_stream_version(conn, stream_id, "session", caller.user_id, lock=True)
-    cur = await conn.execute(SESSION_PROJECT, (stream_id,))
+    cur = await conn.execute(CALLER_AND_SESSION, _caller_params(caller, stream_id))
     row = await cur.fetchone()
-    if row is None:  # a session stream always starts with SessionStarted
+    assert row is not None  # the caller's row is always there
+    _check_caller(caller, row[0])
+    version = owned_version(row[1:5], "session", caller.user_id)
+    project_id = row[5]
+    if project_id is None:  # a session stream always starts with SessionStarted
         raise RuntimeError(f"{stream_id} has no SessionStarted event")
     message = message_posted(caller, session_id, text)
     positions = await append(
@@ -219,4 +267,4 @@ async def _continue_session(
         [StreamAppend(stream_id=stream_id, expected_version=version, events=[message])],
         caller.event_metadata(),
     )
-    return accepted_as(message, row[0], False, positions)
+    return accepted_as(message, project_id, False, positions)

@@ -16,7 +16,7 @@ from litestar.status_codes import HTTP_202_ACCEPTED
 from psycopg_pool import AsyncConnectionPool
 
 from services.command import chat, legacy, sessions, users
-from services.command.auth import Caller, RequestIds
+from services.command.auth import Caller, RequestIds, verified
 from services.command.errors import ErrorBody, TooManyStreams
 from services.core.live import SseEvent, StreamLease, live_redis
 from services.core.settings import Settings
@@ -72,18 +72,24 @@ class ChatController(Controller):
         self,
         request: Request[Any, Any, Any],
         data: JSONBody[chat.PostChat],
-        pool: NamedDependency[AsyncConnectionPool[Any]],
-        broker: NamedDependency[dramatiq.Broker],
-        settings: NamedDependency[Settings],
-        caller: NamedDependency[Caller],
+        claimed_caller: NamedDependency[Caller],
         state: State,
     ) -> Response[Any]:
         """Posts the user's message (starting a session, and a project, when none is given)
         and asks the assistant to reply. With `Accept: application/json`: 202 with the ids
         and `stream_url`; otherwise the reply itself as server-sent events."""
+        # The pool, broker and settings straight from the app's state (what their providers
+        # return): Litestar resolves a batch of several dependencies in an anyio task group,
+        # a cost on every request of the hottest route.
+        pool: AsyncConnectionPool[Any] = state.pool
+        broker: dramatiq.Broker = state.broker
+        settings: Settings = state.settings
         if request.accept.best_match([EVENT_STREAM, JSON], default=EVENT_STREAM) == JSON:
-            accepted = await chat.post_chat(pool, broker, settings, caller, data)
+            # the user is checked inside post_chat's transaction
+            accepted = await chat.post_chat(pool, broker, settings, claimed_caller, data)
             return Response(accepted, status_code=HTTP_202_ACCEPTED)
+        # Streamed: the user is checked before a stream slot is taken, as for any caller.
+        caller = await verified(pool, claimed_caller)
         redis = live_redis(state, settings)
         lease = await StreamLease.acquire(redis, settings, caller.user_id)
         if lease is None:

@@ -95,8 +95,13 @@ async def owned_stream_version(
     """The version of a live stream the user owns. Anything else is the same 404: another
     user's stream must look exactly like one that does not exist."""
     cur = await conn.execute(LOCK_STREAM if lock else READ_STREAM_ROW, (stream_id,))
-    row = await cur.fetchone()
-    if row is None:
+    return owned_version(await cur.fetchone(), stream_type, user_id)
+
+
+def owned_version(row: Sequence[Any] | None, stream_type: str, user_id: uuid.UUID) -> int:
+    """owned_stream_version's check of a (stream_type, owner_id, version, deleted) row, or of
+    None (no such stream, or a LEFT JOIN found none: all four NULL)."""
+    if row is None or row[0] is None:
         raise NotFound(f"{stream_type} not found")
     type_, owner_id, version, deleted = row
     if type_ != stream_type or owner_id != user_id or deleted:
