@@ -82,7 +82,7 @@ READ_ALL_AFTER = f"""
 SELECT {_EVENT_COLUMNS} FROM events
  WHERE (txid, position) > (%(txid)s::text::xid8, %(position)s)
    AND txid < event_read_horizon()
- ORDER BY txid, position
+ ORDER BY events.txid, events.position  -- qualified: "txid" alone is the bigint output column
  LIMIT %(limit)s
 """
 
