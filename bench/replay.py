@@ -1,31 +1,38 @@
-"""Replay throughput: `.venv/bin/python -m bench.replay [--events N] [--live]`.
+"""Replay throughput: `.venv/bin/python -m bench.replay [--events N | --quick] [--live]
+[--per-event]`.
 
 Creates a throwaway database on the server of BENCH_DATABASE_URL (default: the local
-PostgreSQL), fills its event store with N events by COPY (users, projects, sessions and
-their messages, about 47 messages a session, user and assistant in turn), then times
-`workers.replay.replay` (build aside + swap) and, with --live, the live projector over the
-same events for comparison. Rows are written in chunks of CHUNK events, one transaction
-each: a long transaction anywhere on the server holds back every follower's snapshot xmin.
+PostgreSQL), fills its event store with N events (default 1,000,000; --quick: 50,000) by
+COPY (users, projects, sessions and their messages, about 47 messages a session, user and
+assistant in turn), then times `workers.replay.replay` (bulk build aside + analyze + swap)
+and, in the same run, the floor it is measured against: a bare COPY of the rows it produced
+(dumped with COPY TO into memory) into empty tables with the same definitions (replay's own
+copy of the live tables: keys, indexes, checks, foreign keys; the trigger disabled), in one
+transaction. --per-event also times the replay's per-event path, --live the live projector.
+Rows are appended in chunks of CHUNK events, one transaction each: a long transaction
+anywhere on the server holds back every follower's snapshot xmin.
+
+Prints a table and writes bench/results/replay.json (replay-quick.json with --quick).
 """
 
 from __future__ import annotations
 
 import argparse
 import io
-import os
+import resource
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import psycopg
 from psycopg import sql
 
+from bench import common
 from services.core import events as ev
-from services.core.migrate import migrate
-from workers import replay
+from workers import replay, replay_fold
 from workers.projector import catch_up
 
-SERVER = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 CHUNK = 20_000
 MESSAGES_PER_SESSION = 47
 SESSIONS_PER_USER = 2
@@ -110,45 +117,114 @@ def wait_visible(url: str) -> float:
     return time.perf_counter() - started
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--events", type=int, default=200_000)
-    parser.add_argument("--live", action="store_true", help="also time the live projector")
-    args = parser.parse_args(argv)
+def _time_replay(url: str, n: int, bulk: bool) -> dict[str, Any]:
+    started = time.perf_counter()
+    applied = replay.replay(url, out=io.StringIO(), bulk=bulk)["read_model"]
+    took = time.perf_counter() - started
+    assert applied == n, (applied, n)
+    return {"seconds": round(took, 3), "events_per_s": round(n / took)}
 
-    name = f"chat_bench_replay_{uuid.uuid4().hex[:8]}"
-    url = psycopg.conninfo.make_conninfo(SERVER, dbname=name)
-    with psycopg.connect(SERVER, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        migrate(url)
+
+def bare_copy(url: str) -> dict[str, Any]:
+    """The floor: the read model's rows, dumped with COPY TO, COPYed into empty tables with
+    the same definitions (replay.prepare makes them, in the schema `rebuild`), the trigger
+    disabled, in one transaction. Returns the seconds and the rows per table."""
+    tables = replay.READ_MODEL.tables  # parents first
+    dumps: dict[str, bytes] = {}
+    with psycopg.connect(url, autocommit=True) as conn:
+        for table in tables:
+            buffer = bytearray()
+            with conn.cursor().copy(sql.SQL("COPY {} TO STDOUT (FORMAT BINARY)").format(
+                    sql.Identifier("public", table))) as copy:
+                for block in copy:
+                    buffer += block
+            dumps[table] = bytes(buffer)
+        rows = {t: conn.execute(sql.SQL("SELECT count(*) FROM {}").format(
+            sql.Identifier(t))).fetchone()[0] for t in tables}  # type: ignore[index]
+        replay.prepare(conn, replay.READ_MODEL)
+        with conn.transaction():
+            conn.execute(sql.SQL("ALTER TABLE {} DISABLE TRIGGER USER").format(
+                sql.Identifier(replay.REBUILD_SCHEMA, "chat_messages")))
         started = time.perf_counter()
-        n = fill(url, args.events)
-        print(f"filled {n} events in {time.perf_counter() - started:.1f} s")
+        with conn.transaction():
+            for table in tables:
+                with conn.cursor().copy(sql.SQL("COPY {} FROM STDIN (FORMAT BINARY)").format(
+                        sql.Identifier(replay.REBUILD_SCHEMA, table))) as copy:
+                    data = memoryview(dumps[table])
+                    for i in range(0, len(data), 1 << 20):
+                        copy.write(data[i:i + (1 << 20)])
+        took = time.perf_counter() - started
+        replay.cleanup(conn)
+    return {"seconds": round(took, 3), "rows": rows,
+            "megabytes": round(sum(map(len, dumps.values())) / 1e6, 1)}
+
+
+def run(events: int, quick: bool, per_event: bool, live: bool) -> dict[str, Any]:
+    with common.throwaway_database("replay") as url:
+        started = time.perf_counter()
+        n = fill(url, events)
+        filled = time.perf_counter() - started
+        print(f"filled {n:,} events in {filled:.1f} s")
         if (waited := wait_visible(url)) > 0.5:
             print(f"waited {waited:.1f} s for other transactions on the server to end")
-        if args.live:
+        data: dict[str, Any] = {"events": n, "chunk": replay_fold.CHUNK,
+                                "fill_seconds": round(filled, 1)}
+        if live:
             started = time.perf_counter()
             with psycopg.connect(url) as conn:
                 while catch_up(conn, batch_size=500):
                     pass
             took = time.perf_counter() - started
-            print(f"live projector (batches of 500): {took:.1f} s, {n / took:,.0f} events/s")
-        started = time.perf_counter()
-        replay.replay(url, out=io.StringIO())
-        took = time.perf_counter() - started
-        print(f"replay (build + analyze + swap, batches of {replay.REBUILD_BATCH}):"
-              f" {took:.1f} s, {n / took:,.0f} events/s")
-        with psycopg.connect(url) as conn:
-            rows = conn.execute("SELECT (SELECT count(*) FROM chat_messages),"
-                                " (SELECT count(*) FROM sessions)").fetchone()
-        print(f"read model: {rows[0] if rows else '?'} messages, {rows[1] if rows else '?'}"
-              " sessions")
-    finally:
-        with psycopg.connect(SERVER, autocommit=True) as admin:
-            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                sql.Identifier(name)))
+            data["live_projector"] = {"seconds": round(took, 3), "events_per_s": round(n / took)}
+        if per_event:
+            data["replay_per_event"] = _time_replay(url, n, bulk=False)
+        data["replay"] = _time_replay(url, n, bulk=True)
+        data["max_rss_mb_after_replay"] = round(
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        data["bare_copy"] = bare_copy(url)
+    took, bare = data["replay"]["seconds"], data["bare_copy"]["seconds"]
+    data["ratio_replay_to_bare_copy"] = round(took / bare, 2)
+    rows = [["replay (bulk build + analyze + swap)", took, data["replay"]["events_per_s"],
+             data["ratio_replay_to_bare_copy"]]]
+    if per_event:
+        rows.append(["replay, per-event path", data["replay_per_event"]["seconds"],
+                     data["replay_per_event"]["events_per_s"],
+                     round(data["replay_per_event"]["seconds"] / bare, 2)])
+    if live:
+        rows.append(["live projector (batches of 500)", data["live_projector"]["seconds"],
+                     data["live_projector"]["events_per_s"],
+                     round(data["live_projector"]["seconds"] / bare, 2)])
+    rows.append(["bare COPY of the resulting rows", bare, round(n / bare), 1.0])
+    counts = data["bare_copy"]["rows"]
+    common.print_table(
+        f"Replay of {n:,} events ({counts['chat_messages']:,} messages,"
+        f" {counts['turns']:,} turns, {counts['sessions']:,} sessions,"
+        f" {counts['users']:,} users)",
+        ["", "seconds", "events/s", "x bare COPY"], rows)
+    data["targets"] = [
+        common.target("replay events/s", data["replay"]["events_per_s"], 50_000),
+        {"name": "replay within 3x of the bare COPY", "figure": data["ratio_replay_to_bare_copy"],
+         "want": "<= 3", "met": data["ratio_replay_to_bare_copy"] <= 3},
+    ]
+    common.print_targets(data["targets"])
+    return common.finish("replay", quick, data)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.replay", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--quick", action="store_true", help="50,000 events: a smoke run")
+    parser.add_argument("--per-event", action="store_true",
+                        help="also time the replay's per-event path")
+    parser.add_argument("--live", action="store_true", help="also time the live projector")
+    args, _unknown = parser.parse_known_args(argv)  # `python -m bench` passes its options on
+    events = 50_000 if args.quick else args.events
+    started = time.perf_counter()
+    run(events, args.quick, args.per_event, args.live)
+    print(f"replay: {time.perf_counter() - started:.1f} s")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -57,12 +57,13 @@ from psycopg import sql
 from services.core.db import PROJECTOR_ROLE, SET_LOCAL_ROLE
 from services.core.eventstore import (
     SELECT_CHECKPOINT,
+    Checkpoint,
     RecordedEvent,
     claim_checkpoint_sync,
     read_all_sync,
     save_checkpoint_sync,
 )
-from workers import projector
+from workers import projector, replay_fold
 
 log = structlog.get_logger("replay")
 
@@ -217,6 +218,10 @@ class Projection:
     apply: Callable[[Conn, list[RecordedEvent]], list[RecordedEvent]]
     copy_foreign_rows: Callable[[Conn, bool], None] = lambda _conn, _final: None
     role: str = PROJECTOR_ROLE
+    # A faster initial build than `apply` event by event, when the projection has one:
+    # (conn, projection, progress, chunk) -> events read. It may raise BulkBuildRefused or
+    # psycopg.Error, and the replay then builds again with `apply`.
+    bulk_build: Callable[[Conn, Projection, Progress | None, int], int] | None = None
 
     @property
     def rebuild_checkpoint(self) -> str:
@@ -244,6 +249,21 @@ def _apply_read_model(conn: Conn, batch: list[RecordedEvent]) -> list[RecordedEv
         return failed
 
 
+def _bulk_read_model(conn: Conn, projection: Projection, progress: Progress | None,
+                     chunk: int) -> int:
+    """The read model folded in Python and written with COPY (workers/replay_fold.py)."""
+    name = projection.rebuild_checkpoint
+
+    def park(c: Conn, position: int, why: str) -> None:
+        c.execute(PARK_EVENT, (name, position, f"failed during replay: {why}"))
+
+    def save(c: Conn, at: Checkpoint) -> None:
+        save_checkpoint_sync(c, name, at)
+
+    return replay_fold.build(conn, REBUILD_SCHEMA, park=park, save_checkpoint=save,
+                             progress=progress.advance if progress else None, chunk=chunk)
+
+
 def _copy_legacy_rows(conn: Conn, final: bool) -> None:
     if final:
         conn.execute(PRUNE_LEGACY_TURNS)
@@ -258,6 +278,7 @@ READ_MODEL = Projection(
     tables=("users", "dossier", "sessions", "turns", "chat_messages", "user_projects"),
     apply=_apply_read_model,
     copy_foreign_rows=_copy_legacy_rows,
+    bulk_build=_bulk_read_model,
 )
 PROJECTIONS: dict[str, Projection] = {READ_MODEL.name: READ_MODEL}
 
@@ -484,10 +505,13 @@ def count_pending(conn: Conn, projection: Projection) -> int:
 
 
 def replay(database_url: str, names: Iterable[str] | None = None,
-           out: TextIO | None = None, batch_size: int = REBUILD_BATCH) -> dict[str, int]:
+           out: TextIO | None = None, batch_size: int = REBUILD_BATCH, *,
+           bulk: bool = True, chunk: int = replay_fold.CHUNK) -> dict[str, int]:
     """Rebuilds the named projections (all when None), one after another.
 
-    Returns the events each one applied.
+    The initial build uses the projection's bulk build when it has one (and `bulk`), in
+    transactions of `chunk` events; else, and for the catch-up in the swap, its `apply`
+    in transactions of `batch_size` events. Returns the events each one applied.
     """
     chosen = [PROJECTIONS[n] for n in (names or PROJECTIONS)]
     applied: dict[str, int] = {}
@@ -502,20 +526,33 @@ def replay(database_url: str, names: Iterable[str] | None = None,
             raise ReplayBusy("another replay is running")
         try:
             for projection in chosen:
-                applied[projection.name] = _replay_one(conn, projection, out, batch_size)
+                applied[projection.name] = _replay_one(conn, projection, out, batch_size,
+                                                       chunk if bulk else 0)
         finally:
             conn.execute(REPLAY_UNLOCK, (_REPLAY_LOCK_KEY,))
     return applied
 
 
 def _replay_one(conn: Conn, projection: Projection, out: TextIO | None,
-                batch_size: int) -> int:
+                batch_size: int, chunk: int) -> int:
+    """`chunk` > 0: the projection's bulk build, when it has one."""
     started = time.monotonic()
     log.info("replay_started", projection=projection.name)
     prepare(conn, projection)
     progress = Progress(f"replay {projection.name}", count_pending(conn, projection),
                         out=out or sys.stderr)
-    total = build(conn, projection, progress, batch_size)
+    total: int | None = None
+    if chunk > 0 and projection.bulk_build is not None:
+        try:
+            total = projection.bulk_build(conn, projection, progress, chunk)
+        except (replay_fold.BulkBuildRefused, psycopg.Error) as exc:
+            log.warning("replay_bulk_build_failed", projection=projection.name,
+                        error=f"{type(exc).__name__}: {exc}")
+            prepare(conn, projection)  # start over, event by event
+            progress = Progress(f"replay {projection.name}", count_pending(conn, projection),
+                                out=out or sys.stderr)
+    if total is None:
+        total = build(conn, projection, progress, batch_size)
     analyze(conn, projection)
     tail = swap(conn, projection, batch_size)
     progress.advance(tail)

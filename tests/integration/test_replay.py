@@ -3,6 +3,7 @@ query side keeps answering through the swap, and an interrupted replay can simpl
 
 from __future__ import annotations
 
+import io
 import random
 import threading
 import time
@@ -20,7 +21,8 @@ from services.core.eventstore import (
     append_sync,
     stream_info_sync,
 )
-from workers import replay
+from workers import replay, replay_fold
+from workers.legacy_import import import_legacy
 from workers.projector import PROJECTION, catch_up
 
 READ_MODEL_TABLES = replay.READ_MODEL.tables
@@ -66,9 +68,10 @@ def describe(conn: psycopg.Connection[Any], schema: str) -> dict[str, list[tuple
                 for t in READ_MODEL_TABLES}
 
 
-def snapshot(conn: psycopg.Connection[Any]) -> dict[str, list[tuple[Any, ...]]]:
+def snapshot(conn: psycopg.Connection[Any],
+             schema: str = "public") -> dict[str, list[tuple[Any, ...]]]:
     """Every read-model row, in key order (the first two columns identify a row everywhere)."""
-    return {t: conn.execute(f"SELECT * FROM {t} ORDER BY 1, 2").fetchall()
+    return {t: conn.execute(f"SELECT * FROM {schema}.{t} ORDER BY 1, 2").fetchall()
             for t in READ_MODEL_TABLES}
 
 
@@ -223,8 +226,15 @@ def fresh_db(make_database: Callable[[], str]) -> Iterator[tuple[str, psycopg.Co
         yield url, conn
 
 
+# bulk build in one chunk, in many (rows rewritten across chunks), and event by event
+BUILDS = [pytest.param(True, replay_fold.CHUNK, id="bulk"),
+          pytest.param(True, 97, id="bulk-small-chunks"),
+          pytest.param(False, 0, id="per-event")]
+
+
+@pytest.mark.parametrize(("bulk", "chunk"), BUILDS)
 def test_replay_rebuilds_the_read_model_row_for_row(
-    fresh_db: tuple[str, psycopg.Connection[Any]],
+    fresh_db: tuple[str, psycopg.Connection[Any]], bulk: bool, chunk: int,
 ) -> None:
     url, conn = fresh_db
     add_legacy_rows(conn, projects=3, turns=4)
@@ -234,7 +244,7 @@ def test_replay_rebuilds_the_read_model_row_for_row(
     definition = describe(conn, "public")
     assert len(before["chat_messages"]) > 1000 and len(before["turns"]) > 12
 
-    applied = replay.replay(url)
+    applied = replay.replay(url, bulk=bulk, chunk=chunk or replay_fold.CHUNK)
 
     assert applied["read_model"] == conn.execute("SELECT count(*) FROM events").fetchone()[0]
     after = snapshot(conn)
@@ -348,15 +358,17 @@ def test_queries_keep_answering_through_the_swap(
     assert counted == expected
 
 
+@pytest.mark.parametrize("bulk", [True, False], ids=["bulk", "per-event"])
 def test_an_interrupted_replay_leaves_the_live_model_and_can_be_rerun(
     fresh_db: tuple[str, psycopg.Connection[Any]], monkeypatch: pytest.MonkeyPatch,
+    bulk: bool,
 ) -> None:
     url, conn = fresh_db
     Workload(conn, seed=5).run(800)
     project_all(url)
     before = snapshot(conn)
     calls = [0]
-    real_advance = replay.advance
+    real_advance, real_flush = replay.advance, replay_fold.ReadModelFold.flush
 
     def failing_advance(c: psycopg.Connection[Any], p: replay.Projection, limit: int) -> int:
         calls[0] += 1
@@ -364,14 +376,23 @@ def test_an_interrupted_replay_leaves_the_live_model_and_can_be_rerun(
             raise KeyboardInterrupt  # the operator's Ctrl-C, mid-build
         return real_advance(c, p, 100)
 
+    def failing_flush(fold: replay_fold.ReadModelFold, c: psycopg.Connection[Any],
+                      schema: str) -> None:
+        calls[0] += 1
+        if calls[0] == 3:
+            raise KeyboardInterrupt
+        real_flush(fold, c, schema)
+
     monkeypatch.setattr(replay, "advance", failing_advance)
+    monkeypatch.setattr(replay_fold.ReadModelFold, "flush", failing_flush)
     with pytest.raises(KeyboardInterrupt):
-        replay.replay(url)
+        replay.replay(url, bulk=bulk, chunk=100)
     assert snapshot(conn) == before  # the live tables were never touched
     assert conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = 'rebuild'").fetchone()
 
     monkeypatch.setattr(replay, "advance", real_advance)
-    replay.replay(url)
+    monkeypatch.setattr(replay_fold.ReadModelFold, "flush", real_flush)
+    replay.replay(url, bulk=bulk)
     assert snapshot(conn) == before
 
 
@@ -408,3 +429,127 @@ def test_an_event_the_live_projector_parked_is_parked_by_the_replay_too(
     assert snapshot(conn) == before
     assert conn.execute("SELECT position FROM parked_events WHERE parked AND projection = %s",
                         (PROJECTION,)).fetchall() == parked
+
+
+class ChaosWorkload(Workload):
+    """Workload plus the events a projector must skip or park, and the rarer paths:
+    messages to sessions that do not exist (one answering a real turn), answers to turns
+    that never were, reused message ids, taken user ids and e-mails, sessions and links
+    naming unknown projects, turns shared across sessions, system messages."""
+
+    def __init__(self, conn: psycopg.Connection[Any], seed: int) -> None:
+        super().__init__(conn, seed)
+        self.message_ids: list[tuple[uuid.UUID, uuid.UUID]] = []  # (message, session)
+        self.turns: list[uuid.UUID] = []
+        self.emails: list[str] = []
+
+    def register(self) -> None:
+        super().register()
+        self.emails.append(f"{self.users[-1]}@x.test")
+
+    def step(self) -> None:
+        if self.rng.random() < 0.75 or not self.sessions or len(self.users) < 2:
+            super().step()
+            return
+        with self.conn.transaction():
+            self.chaos(self.rng.randrange(12))
+
+    def _message(self, session: uuid.UUID, role: ev.Role, turn: uuid.UUID | None,
+                 message: uuid.UUID | None = None) -> None:
+        user = self.sessions.get(session, self.rng.choice(self.users))
+        message = message or self._u()
+        self._append(ev.session_stream(session), [ev.MessagePosted(
+            session_id=session, message_id=message, user_id=user, role=role,
+            content=f"{role} {self.rng.random():.5f}", turn_id=turn,
+            metadata={"n": self.rng.randint(0, 9)} if self.rng.random() < 0.5 else {})])
+        self.message_ids.append((message, session))
+        if role == "user" and turn is not None:
+            self.turns.append(turn)
+
+    def chaos(self, kind: int) -> None:
+        session = self.rng.choice(list(self.sessions))
+        if kind == 0:  # to a session that does not exist: dropped
+            self._message(self._u(), "user", self._u())
+        elif kind == 1 and self.turns:  # ... but an assistant one still answers its turn
+            self._message(self._u(), "assistant", self.rng.choice(self.turns))
+        elif kind == 2:  # an answer to a turn that never was: parked
+            self._message(session, "assistant", self._u())
+        elif kind == 3 and self.message_ids:  # a message id already used: parked
+            self._message(session, "user", self._u(), self.rng.choice(self.message_ids)[0])
+        elif kind == 4 and self.turns:  # another session's turn: the first one keeps it
+            self._message(session, "user", self.rng.choice(self.turns))
+        elif kind == 5:  # a system message, no turn
+            self._message(session, "system", None)
+        elif kind == 6:  # a user id already registered: parked
+            user = self.rng.choice(self.users)
+            self._append(ev.user_stream(user), [ev.UserRegistered(user_id=user)])
+        elif kind == 7 and self.emails:  # an e-mail already taken, at sign-up: parked
+            user = self._u()
+            self._append(ev.user_stream(user), [ev.UserRegistered(
+                user_id=user, email=self.rng.choice(self.emails))], "user", user)
+        elif kind == 8:  # a profile update to another user's e-mail (parked), or a new one
+            user = self.rng.choice(self.users)
+            email = (self.rng.choice(self.emails) if self.rng.random() < 0.5
+                     else f"new-{self._u()}@x.test")
+            self._append(ev.user_stream(user), [ev.UserProfileUpdated(
+                user_id=user, email=email, avatar_url="a.png")])
+            if email.startswith("new-"):
+                self.emails.append(email)
+        elif kind == 9:  # a session in a project that does not exist: parked, its
+            ghost = self._u()  # messages dropped
+            self._append(ev.session_stream(ghost), [ev.SessionStarted(
+                session_id=ghost, user_id=self.rng.choice(self.users), project_id=self._u())],
+                "session")
+            self._message(ghost, "user", self._u())
+        elif kind == 10:  # a link to a project that does not exist: parked
+            user = self.rng.choice(self.users)
+            self._append(ev.user_stream(user),
+                         [ev.ProjectLinked(user_id=user, project_id=self._u())])
+        else:  # a profile update of a user that does not exist: nothing
+            self._append(ev.user_stream(self._u()), [ev.UserProfileUpdated(
+                user_id=self._u(), display_name="nobody")])
+
+
+PARKED = "SELECT position FROM parked_events WHERE parked AND projection = %s ORDER BY 1"
+
+
+@pytest.mark.parametrize(("seed", "chunk"), [(11, replay_fold.CHUNK), (12, 61), (13, 500)])
+def test_the_bulk_build_equals_the_live_projection_on_random_events(
+    fresh_db: tuple[str, psycopg.Connection[Any]], seed: int, chunk: int,
+) -> None:
+    """Bulk-built tables against live-projected ones: deletes, renames, archives, profile
+    updates, replies, imported legacy turns (linked to their session by both), events
+    skipped and events parked."""
+    url, conn = fresh_db
+    add_legacy_rows(conn, projects=4, turns=3)
+    work = ChaosWorkload(conn, seed=seed)
+    work.run(800)
+    import_legacy(url, out=io.StringIO())
+    for session, owner in conn.execute(  # the imported sessions join the workload
+            "SELECT (data->>'session_id')::uuid, (data->>'user_id')::uuid FROM events"
+            " WHERE type = 'SessionStarted' AND metadata->>'source' = 'legacy-import'"):
+        work.sessions[session] = owner
+        work.open_turns[session] = []
+    work.run(800)
+    # the rebuild copies the legacy turns before either side links them
+    replay.prepare(conn, replay.READ_MODEL)
+
+    built = replay.READ_MODEL.bulk_build
+    assert built is not None
+    read = built(conn, replay.READ_MODEL, None, chunk)
+    project_all(url)
+
+    assert read == conn.execute("SELECT count(*) FROM events").fetchone()[0]
+    live, rebuilt = snapshot(conn), snapshot(conn, replay.REBUILD_SCHEMA)
+    for table in READ_MODEL_TABLES:
+        assert rebuilt[table] == live[table], table
+    assert describe(conn, replay.REBUILD_SCHEMA) == describe(conn, "public")  # loading undone
+    parked = conn.execute(PARKED, (PROJECTION,)).fetchall()
+    assert conn.execute(PARKED, (replay.READ_MODEL.rebuild_checkpoint,)).fetchall() == parked
+    assert len(parked) > 10
+    # the paths the comparison is about were taken
+    assert any(r[2][:1] == "q" and r[5] is not None for r in live["turns"])  # legacy, linked
+    assert conn.execute("SELECT count(*) FROM chat_messages m JOIN turns t USING (turn_id)"
+                        " WHERE t.session_id <> m.session_id").fetchone()[0] > 0
+    assert any(r[7] is False for r in live["sessions"])  # archived
+    replay.cleanup(conn)
