@@ -292,6 +292,7 @@ def main() -> int:
     import os
 
     import psycopg
+    import redis
     from psycopg import sql
 
     from tests.e2e.system import running_system
@@ -306,9 +307,10 @@ def main() -> int:
     redis_url = os.environ.get("SOAK_REDIS_URL", "redis://127.0.0.1:6379/0")
     name = f"chat_soak_{uuid.uuid4().hex[:10]}"
     url = psycopg.conninfo.make_conninfo(server, dbname=name)
+    prefix = f"chat-soak-{uuid.uuid4().hex[:8]}:"
     try:
         with tempfile.TemporaryDirectory() as tmp, running_system(
-            url, redis_url, f"chat-soak-{uuid.uuid4().hex[:8]}:", Path(tmp)
+            url, redis_url, prefix, Path(tmp)
         ) as system:
             processes = system_processes(system.process.pid)
             print(f"soak: {args.users} users for {args.seconds:.0f} s against {system.url}"
@@ -319,6 +321,10 @@ def main() -> int:
         with psycopg.connect(server, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
                 sql.Identifier(name)))
+        leftover = redis.Redis.from_url(redis_url)  # the run's keys go with its database
+        for key in leftover.scan_iter(match=f"{prefix}*", count=1000):
+            leftover.delete(key)
+        leftover.close()
     summary = report.summary()
     RESULTS.write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
