@@ -17,6 +17,7 @@ from services.core import events as ev
 from services.core.eventstore import StreamAppend, append_sync, read_stream_sync, stream_info_sync
 from services.core.live import live_key, stop_key
 from services.core.settings import Settings
+from tests.integration import seed
 from tests.integration.conftest import client, wait_until
 from workers.assistant import SYSTEM_PROMPT, answer
 from workers.providers import ChatMessage, Chunk, ProviderError
@@ -38,36 +39,12 @@ def runtime(settings: Settings, make_database: Callable[[], str]) -> Iterator[Wo
     rt.close()
 
 
-def _user_message(session_id: uuid.UUID, user_id: uuid.UUID, text: str) -> ev.MessagePosted:
-    return ev.MessagePosted(
-        session_id=session_id,
-        message_id=uuid.uuid4(),
-        user_id=user_id,
-        role="user",
-        content=text,
-        turn_id=uuid.uuid4(),
-    )
-
-
 def start_session(runtime: WorkerRuntime, text: str = "I want to write a horror story") -> Session:
     """SessionStarted + the user's MessagePosted, as the command service appends them."""
-    sid, user = uuid.uuid4(), uuid.uuid4()
-    question = _user_message(sid, user, text)
-    started = ev.SessionStarted(session_id=sid, user_id=user, project_id=uuid.uuid4())
+    user = uuid.uuid4()
     with runtime.pool.connection() as conn:
-        append_sync(
-            conn,
-            [
-                StreamAppend(
-                    stream_id=ev.session_stream(sid),
-                    expected_version=0,
-                    stream_type="session",
-                    owner_id=user,
-                    events=[started, question],
-                )
-            ],
-            {"user_id": str(user), "correlation_id": "corr-1"},
-        )
+        sid, (question,) = seed.start_session(
+            conn, user, [text], metadata={"user_id": str(user), "correlation_id": "corr-1"})
     assert question.turn_id is not None
     return Session(sid, question.message_id, question.turn_id)
 
@@ -171,7 +148,7 @@ def test_the_context_is_the_conversation_up_to_the_question(runtime: WorkerRunti
     answer(
         runtime, str(session.id), str(session.message_id), provider=OfflineProvider(delay_seconds=0)
     )
-    question = _user_message(session.id, uuid.uuid4(), "second question")
+    question = seed.user_message(session.id, uuid.uuid4(), "second question")
     with runtime.pool.connection() as conn:
         append_sync(
             conn,
@@ -276,18 +253,7 @@ def test_a_deleted_session_is_left_alone(runtime: WorkerRuntime) -> None:
 def _register(runtime: WorkerRuntime, user_id: uuid.UUID) -> None:
     """The user's stream, which the command service authenticates X-User-ID against."""
     with runtime.pool.connection() as conn:
-        append_sync(
-            conn,
-            [
-                StreamAppend(
-                    stream_id=ev.user_stream(user_id),
-                    expected_version=0,
-                    stream_type="user",
-                    owner_id=user_id,
-                    events=[ev.UserRegistered(user_id=user_id)],
-                )
-            ],
-        )
+        seed.register(conn, user_id)
 
 
 def _owner(runtime: WorkerRuntime, session: Session) -> uuid.UUID:

@@ -13,6 +13,7 @@ import pytest
 from services.core import events as ev
 from services.core.eventstore import StreamAppend, append_sync, stream_info_sync
 from tests.integration.conftest import wait_until
+from tests.integration.seed import register, start_session
 from workers.projector import PROJECTION, catch_up
 
 
@@ -25,28 +26,15 @@ def database_url(make_database: Callable[[], str]) -> str:
 
 def _register(conn: psycopg.Connection[Any]) -> uuid.UUID:
     user = uuid.uuid4()
-    with conn.transaction():
-        append_sync(conn, [StreamAppend(
-            stream_id=ev.user_stream(user), expected_version=0, stream_type="user",
-            owner_id=user, events=[ev.UserRegistered(user_id=user, email=f"{user}@x.test")])])
-    return user
+    return register(conn, user, email=f"{user}@x.test")
 
 
 def _start_session(conn: psycopg.Connection[Any], user: uuid.UUID,
                    texts: list[str]) -> tuple[uuid.UUID, uuid.UUID]:
-    project, session = uuid.uuid4(), uuid.uuid4()
-    messages = [ev.MessagePosted(session_id=session, message_id=uuid.uuid4(), user_id=user,
-                                 role="user", content=t, turn_id=uuid.uuid4()) for t in texts]
-    with conn.transaction():
-        append_sync(conn, [
-            StreamAppend(stream_id=ev.project_stream(project), expected_version=0,
-                         stream_type="project", owner_id=user,
-                         events=[ev.ProjectCreated(project_id=project, owner_id=user)]),
-            StreamAppend(stream_id=ev.session_stream(session), expected_version=0,
-                         stream_type="session", owner_id=user,
-                         events=[ev.SessionStarted(session_id=session, user_id=user,
-                                                   project_id=project, title="t"), *messages]),
-        ])
+    session, _ = start_session(conn, user, texts)
+    project = conn.execute("SELECT (data->>'project_id')::uuid FROM events"
+                           " WHERE stream_id = %s AND version = 1",
+                           (ev.session_stream(session),)).fetchone()[0]
     return project, session
 
 

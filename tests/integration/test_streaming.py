@@ -25,6 +25,7 @@ from services.core.eventstore import StreamAppend, append_sync, read_stream_sync
 from services.core.live import relay, streams_key
 from services.core.settings import Settings
 from services.query.app import create_app
+from tests.integration import seed
 from tests.integration.conftest import wait_until
 from workers.assistant import answer
 from workers.providers.offline import OfflineProvider
@@ -78,31 +79,8 @@ def new_chat(runtime: WorkerRuntime, user: uuid.UUID | None = None) -> Chat:
     """A session in the event store (what answer() reads) and in the read model (what the
     query service checks ownership against), with one user message."""
     user = user or new_user(runtime.settings.database_url)
-    sid = uuid.uuid4()
-    question = ev.MessagePosted(
-        session_id=sid,
-        message_id=uuid.uuid4(),
-        user_id=user,
-        role="user",
-        content="I want to write a horror story",
-        turn_id=uuid.uuid4(),
-    )
     with runtime.pool.connection() as conn:
-        append_sync(
-            conn,
-            [
-                StreamAppend(
-                    stream_id=ev.session_stream(sid),
-                    expected_version=0,
-                    stream_type="session",
-                    owner_id=user,
-                    events=[
-                        ev.SessionStarted(session_id=sid, user_id=user, project_id=uuid.uuid4()),
-                        question,
-                    ],
-                )
-            ],
-        )
+        sid, (question,) = seed.start_session(conn, user, ["I want to write a horror story"])
         conn.execute(
             "INSERT INTO sessions (session_id, user_id, title) VALUES (%s, %s, 'Horror')",
             (sid, user),
