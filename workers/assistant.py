@@ -395,9 +395,6 @@ def _fail(
     detail: str,
     started: float,
 ) -> None:
-    # Clients get the code and a plain message, never the provider's detail (it can name
-    # internal hosts or echo upstream bodies); the event and the logs keep the detail.
-    _live(writer.error, code, f"the assistant could not reply ({code})")  # first: stop waiting
     provider_name, model = names
     event = AssistantReplyFailed(
         session_id=plan.session_id,
@@ -416,5 +413,11 @@ def _fail(
     except Exception:
         log.exception("reply_failure_not_stored")
         return
+    finally:
+        # After the store, like `message` + `done`: a client that saw `error` finds the
+        # failure recorded. Sent even when storing failed, so nobody waits forever. Clients
+        # get the code and a plain message, never the provider's detail (it can name
+        # internal hosts or echo upstream bodies); the event and the logs keep the detail.
+        _live(writer.error, code, f"the assistant could not reply ({code})")
     if not isinstance(result, str):
         _nudge(runtime)
