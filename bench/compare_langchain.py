@@ -46,13 +46,14 @@ from bench.common import (
     target,
     throwaway_database,
 )
-from services.command.auth import Caller, RequestIds, authenticate
+from services.command.auth import Caller, authenticate
 from services.command.chat import PostChat, post_chat
 from services.core.db import QUERY_ROLE, SET_ROLE, SET_USER, open_async_pool
 from services.core.events import MessagePosted, UserRegistered, session_stream, user_stream
 from services.core.eventstore import StreamAppend, append_sync
 from services.core.logging import configure_logging
 from services.core.settings import Settings
+from services.http.context import RequestIds
 from services.query.messages import PAGE_BY_KEYSET, Message
 from workers.broker import ASSISTANT_QUEUE, PROJECTOR_QUEUE
 from workers.projector import catch_up

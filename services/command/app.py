@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 import dramatiq
-from litestar import Controller, Litestar, Request
+from litestar import Controller, Litestar
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.openapi import OpenAPIConfig
@@ -15,28 +15,22 @@ from litestar.params import HeaderParameter
 from psycopg_pool import AsyncConnectionPool
 from redis import asyncio as aioredis
 
-from services.command.auth import (
-    REQUEST_IDS_KEY,
-    Caller,
-    RequestContextMiddleware,
-    RequestIds,
-    authenticate,
-    parse_user_id,
-)
+from services.command.auth import Caller, authenticate
 from services.command.controllers import (
     ChatController,
     LegacyChatController,
     SessionController,
     UserController,
 )
-from services.command.errors import EXCEPTION_HANDLERS
 from services.command.stop import StopController
 from services.core.db import open_async_pool
-from services.core.gatewayauth import gateway_guard
 from services.core.health import health_controller
 from services.core.logging import configure_logging
-from services.core.metrics import MetricsMiddleware, metrics_handler
 from services.core.settings import Settings
+from services.http.auth import USER_HEADER, parse_user_id
+from services.http.context import RequestIds, request_ids
+from services.http.layer import api_description, http_layer
+from services.http.metrics import metrics_handler
 from workers.broker import make_broker
 
 # Add a controller here to serve it.
@@ -62,17 +56,12 @@ def provide_settings(state: State) -> Settings:
     return state.settings  # type: ignore[no-any-return]
 
 
-def provide_request_ids(request: Request[Any, Any, Any]) -> RequestIds:
-    ids = request.scope.get("state", {}).get(REQUEST_IDS_KEY)
-    return ids if isinstance(ids, RequestIds) else RequestIds.from_headers(request.headers)
-
-
 async def provide_caller(
     pool: NamedDependency[AsyncConnectionPool[Any]],
     request_ids: NamedDependency[RequestIds],
     x_user_id: Annotated[
         str | None,
-        HeaderParameter(name="X-User-ID", description="The calling user (set by the gateway)."),
+        HeaderParameter(name=USER_HEADER, description="The calling user (set by the gateway)."),
     ] = None,
 ) -> Caller:
     # Optional here so that a missing header is our 401, not a generic validation 400.
@@ -83,7 +72,7 @@ def provide_claimed_caller(
     request_ids: NamedDependency[RequestIds],
     x_user_id: Annotated[
         str | None,
-        HeaderParameter(name="X-User-ID", description="The calling user (set by the gateway)."),
+        HeaderParameter(name=USER_HEADER, description="The calling user (set by the gateway)."),
     ] = None,
 ) -> Caller:
     """The header's user, parsed (401 missing, 400 not a UUID) but not yet looked up: for a
@@ -117,13 +106,14 @@ def create_app(settings: Settings, broker: dramatiq.Broker | None = None) -> Lit
             "pool": Provide(provide_pool, sync_to_thread=False),
             "broker": Provide(provide_broker, sync_to_thread=False),
             "settings": Provide(provide_settings, sync_to_thread=False),
-            "request_ids": Provide(provide_request_ids, sync_to_thread=False),
+            "request_ids": Provide(request_ids, sync_to_thread=False),
             "caller": Provide(provide_caller),
             "claimed_caller": Provide(provide_claimed_caller, sync_to_thread=False),
         },
-        middleware=[MetricsMiddleware("command"), RequestContextMiddleware(),
-                    *gateway_guard(settings)],
-        exception_handlers=EXCEPTION_HANDLERS,
-        request_max_body_size=settings.max_body_bytes,
-        openapi_config=OpenAPIConfig(title="Chat sessions: command API", version="1.0.0"),
+        openapi_config=OpenAPIConfig(
+            title="Chat sessions: command API", version="1.0.0",
+            description=api_description("Writes: users, chats, session renames, deletes and "
+                                        "stops. Every endpoint but signup takes `X-User-ID`."),
+        ),
+        **http_layer("command", settings),
     )

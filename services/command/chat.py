@@ -20,7 +20,6 @@ from redis import asyncio as aioredis
 
 from services.command import notify
 from services.command.auth import Caller, known_user, verified
-from services.command.errors import BadRequest, TooLarge, Unavailable
 from services.command.store import (
     append,
     check_storable,
@@ -38,6 +37,7 @@ from services.core.events import (
 from services.core.eventstore import StreamAppend
 from services.core.live import StreamLease, sse_response, sse_stream
 from services.core.settings import Settings
+from services.http.errors import ApiError
 
 log = structlog.get_logger("command.chat")
 
@@ -91,9 +91,9 @@ class ChatAccepted(msgspec.Struct, frozen=True, kw_only=True):
 def clean_text(text: str, max_chars: int) -> str:
     text = text.strip()
     if not text:
-        raise BadRequest("text is empty", code="empty_text")
+        raise ApiError("empty_text", "text is empty")
     if len(text) > max_chars:
-        raise TooLarge(f"text is longer than {max_chars} characters", code="message_too_long")
+        raise ApiError("message_too_long", f"text is longer than {max_chars} characters")
     check_storable(text, "text")
     return text
 
@@ -148,9 +148,9 @@ async def announce(broker: dramatiq.Broker, accepted: ChatAccepted) -> None:
         await notify.nudge_and_request_reply(broker, accepted.session_id, accepted.message_id)
     except Exception as exc:  # Redis down or hanging: the message is stored, the reply is not
         log.error("reply_request_failed", error=repr(exc))
-        raise Unavailable(
+        raise ApiError(
+            "assistant_unavailable",
             "the message was stored but the assistant could not be asked to reply",
-            code="assistant_unavailable",
             extra=msgspec.to_builtins(accepted),
         ) from exc
 

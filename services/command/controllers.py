@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from http import HTTPStatus
 from typing import Any
 
 import dramatiq
@@ -16,30 +15,21 @@ from litestar.status_codes import HTTP_202_ACCEPTED
 from psycopg_pool import AsyncConnectionPool
 
 from services.command import chat, legacy, sessions, users
-from services.command.auth import Caller, RequestIds, verified
-from services.command.errors import ErrorBody, TooManyStreams
+from services.command.auth import Caller, verified
 from services.core.live import SseEvent, StreamLease, live_redis
 from services.core.settings import Settings
+from services.http.context import RequestIds
+from services.http.errors import ApiError, error_responses
 
 EVENT_STREAM = "text/event-stream"
 JSON = "application/json"
-
-
-def errors(*statuses: int) -> dict[int, ResponseSpec]:
-    """OpenAPI entries for the error answers a route can give (all share ErrorBody)."""
-    return {
-        status: ResponseSpec(
-            ErrorBody, description=HTTPStatus(status).phrase, generate_examples=False
-        )
-        for status in (400, *statuses)
-    }
 
 
 class UserController(Controller):
     path = "/api/v1/users"
     tags = ("users",)
 
-    @post("", operation_id="createUser", responses=errors(409, 413))
+    @post("", operation_id="createUser", responses=error_responses(400, 409, 413))
     async def create_user(
         self,
         data: JSONBody[users.RegisterUser],
@@ -65,7 +55,7 @@ class ChatController(Controller):
                 description="The default answer: server-sent events `session`, then "
                 "`delta`..., `message`, `done` (or `error`).",
             ),
-            **errors(401, 404, 409, 413, 429, 503),
+            **error_responses(400, 401, 404, 409, 413, 429, 503),
         },
     )
     async def post_chat(
@@ -93,7 +83,8 @@ class ChatController(Controller):
         redis = live_redis(state, settings)
         lease = await StreamLease.acquire(redis, settings, caller.user_id)
         if lease is None:
-            raise TooManyStreams(f"at most {settings.max_streams_per_user} open streams per user")
+            raise ApiError("too_many_streams",
+                           f"at most {settings.max_streams_per_user} open streams per user")
         try:
             accepted = await chat.post_chat(pool, broker, settings, caller, data)
         except BaseException:
@@ -108,7 +99,8 @@ class SessionController(Controller):
     path = "/api/v1/sessions/{session_id:str}"
     tags = ("sessions",)
 
-    @put("/title", operation_id="renameSession", responses=errors(401, 404, 409, 413))
+    @put("/title", operation_id="renameSession",
+         responses=error_responses(400, 401, 404, 409, 413))
     async def rename_session(
         self,
         session_id: FromPath[uuid.UUID],
@@ -120,7 +112,7 @@ class SessionController(Controller):
         """Renames a session (1 to 200 characters after trimming)."""
         return await sessions.rename_session(pool, broker, caller, session_id, data)
 
-    @delete("", operation_id="deleteSession", responses=errors(401, 404, 409))
+    @delete("", operation_id="deleteSession", responses=error_responses(400, 401, 404, 409))
     async def delete_session(
         self,
         session_id: FromPath[uuid.UUID],
@@ -147,7 +139,7 @@ class LegacyChatController(Controller):
                 SseEvent, media_type="text/event-stream", generate_examples=False,
                 description="Server-sent events: `session`, `delta`..., `message`, `done`.",
             ),
-            **errors(404, 413, 429, 503),
+            **error_responses(400, 404, 413, 429, 503),
         },
     )
     async def legacy_chat(
@@ -165,7 +157,8 @@ class LegacyChatController(Controller):
         # no user here: the cap on open streams is per project
         lease = await StreamLease.acquire(redis, settings, data.project_id or uuid.uuid4())
         if lease is None:
-            raise TooManyStreams(f"at most {settings.max_streams_per_user} open streams")
+            raise ApiError("too_many_streams",
+                           f"at most {settings.max_streams_per_user} open streams")
         try:
             accepted = await legacy.post_legacy_chat(pool, settings, request_ids, data)
             await chat.announce(broker, accepted)

@@ -27,13 +27,14 @@ import msgspec
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from services.command.auth import Caller, RequestIds
+from services.command.auth import Caller
 from services.command.chat import ChatAccepted, accepted_as, clean_text, message_posted
-from services.command.errors import NotFound
 from services.command.store import in_transaction
 from services.core import events as ev
 from services.core.eventstore import StreamAppend, append, stream_info
 from services.core.settings import Settings
+from services.http.context import RequestIds
+from services.http.errors import ApiError
 from workers import legacy_import
 
 LEGACY_DOSSIER_EXISTS = "SELECT title FROM dossier WHERE project_id = %s"
@@ -74,7 +75,7 @@ async def _import_if_legacy(
         cur = await conn.execute(LEGACY_DOSSIER_EXISTS, (project,))
         row = await cur.fetchone()
     if row is None:
-        raise NotFound("project not found")
+        raise ApiError("project_not_found", "project not found")
 
     def import_one() -> None:
         with psycopg.connect(settings.database_url, autocommit=True) as sync_conn:
@@ -110,7 +111,7 @@ async def _post_to_project(
     info = await stream_info(conn, stream)
     if info is not None:
         if info.deleted or info.owner_id is None:
-            raise NotFound("project not found")
+            raise ApiError("project_not_found", "project not found")
         message = message_posted(Caller(info.owner_id, ids), session, text)
         positions = await append(
             conn, [StreamAppend(stream_id=stream, expected_version=info.version,
@@ -119,7 +120,7 @@ async def _post_to_project(
         return accepted_as(message, project, False, positions)
     project_info = await stream_info(conn, ev.project_stream(project))
     if project_info is None or project_info.owner_id is None:
-        raise NotFound("project not found")
+        raise ApiError("project_not_found", "project not found")
     return await _start(conn, Caller(project_info.owner_id, ids), project, text, [])
 
 

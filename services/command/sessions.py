@@ -13,7 +13,6 @@ from psycopg_pool import AsyncConnectionPool
 
 from services.command import notify
 from services.command.auth import Caller
-from services.command.errors import BadRequest
 from services.command.store import (
     append,
     check_storable,
@@ -22,6 +21,7 @@ from services.command.store import (
 )
 from services.core.events import SessionDeleted, SessionRenamed, session_stream
 from services.core.eventstore import MARK_STREAM_DELETED, StreamAppend
+from services.http.errors import ApiError
 
 log = structlog.get_logger("command.sessions")
 
@@ -43,10 +43,8 @@ class SessionTitle(msgspec.Struct, frozen=True, kw_only=True):
 def clean_title(title: str) -> str:
     title = title.strip()
     if not 1 <= len(title) <= MAX_TITLE_CHARS:
-        raise BadRequest(
-            f"title must be 1 to {MAX_TITLE_CHARS} characters after trimming",
-            code="invalid_title",
-        )
+        raise ApiError("invalid_title",
+                       f"title must be 1 to {MAX_TITLE_CHARS} characters after trimming")
     check_storable(title, "title")
     return title
 

@@ -18,11 +18,11 @@ from litestar.params import FromPath
 from psycopg_pool import AsyncConnectionPool
 
 from services.command.auth import Caller
-from services.command.controllers import errors
 from services.command.store import owned_stream_version
 from services.core.events import session_stream
 from services.core.live import live_redis, request_stop
 from services.core.settings import Settings
+from services.http.errors import error_responses
 
 log = structlog.get_logger("command.stop")
 
@@ -31,7 +31,8 @@ class StopController(Controller):
     path = "/api/v1/sessions/{session_id:str}"
     tags = ("sessions",)
 
-    @post("/stop", operation_id="stopReply", status_code=204, responses=errors(401, 404))
+    @post("/stop", operation_id="stopReply", status_code=204,
+          responses=error_responses(400, 401, 404))
     async def stop_reply(
         self,
         session_id: FromPath[uuid.UUID],

@@ -18,10 +18,10 @@ import psycopg
 import structlog
 from psycopg_pool import AsyncConnectionPool
 
-from services.command.errors import BadRequest, Conflict, NotFound
 from services.core import eventstore
 from services.core.eventstore import ConcurrencyError, StreamAppend
 from services.core.metrics import timing_append
+from services.http.errors import ApiError
 
 T = TypeVar("T")
 log = structlog.get_logger("command.store")
@@ -42,7 +42,7 @@ SELECT stream_type, owner_id, version, deleted FROM event_streams WHERE stream_i
 def check_storable(value: str, field: str) -> None:
     """PostgreSQL text and jsonb cannot hold U+0000: refuse it as bad input, not fail later."""
     if "\x00" in value:
-        raise BadRequest(f"{field} may not contain NUL characters", code="invalid_text")
+        raise ApiError("invalid_text", f"{field} may not contain NUL characters")
 
 
 async def retry_on_conflict(attempt: Callable[[], Awaitable[T]], attempts: int = MAX_ATTEMPTS) -> T:
@@ -53,10 +53,8 @@ async def retry_on_conflict(attempt: Callable[[], Awaitable[T]], attempts: int =
         except ConcurrencyError as exc:
             log.info("append_conflict", stream_id=exc.stream_id, attempt=number)
             if number == attempts:
-                raise Conflict(
-                    "the session changed too often while writing; try again",
-                    code="concurrent_update",
-                ) from exc
+                raise ApiError("concurrent_update",
+                               "the session changed too often while writing; try again") from exc
             await asyncio.sleep(random.uniform(0, _BACKOFF_SECONDS * number))
     raise AssertionError("attempts must be at least 1")
 
@@ -102,8 +100,13 @@ def owned_version(row: Sequence[Any] | None, stream_type: str, user_id: uuid.UUI
     """owned_stream_version's check of a (stream_type, owner_id, version, deleted) row, or of
     None (no such stream, or a LEFT JOIN found none: all four NULL)."""
     if row is None or row[0] is None:
-        raise NotFound(f"{stream_type} not found")
+        raise _not_found(stream_type)
     type_, owner_id, version, deleted = row
     if type_ != stream_type or owner_id != user_id or deleted:
-        raise NotFound(f"{stream_type} not found")
+        raise _not_found(stream_type)
     return int(version)
+
+
+def _not_found(stream_type: str) -> ApiError:
+    code = {"session": "session_not_found", "project": "project_not_found"}[stream_type]
+    return ApiError(code, f"{stream_type} not found")

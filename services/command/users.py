@@ -12,11 +12,12 @@ import structlog
 from psycopg_pool import AsyncConnectionPool
 
 from services.command import notify
-from services.command.auth import Caller, RequestIds
-from services.command.errors import Conflict
+from services.command.auth import Caller
 from services.command.store import append, in_transaction
 from services.core.events import UserRegistered, user_stream
 from services.core.eventstore import StreamAppend
+from services.http.context import RequestIds
+from services.http.errors import ApiError
 
 log = structlog.get_logger("command.users")
 
@@ -72,7 +73,7 @@ async def register_user(
         if body.email is not None:
             cur = await conn.execute(RESERVE_EMAIL, (body.email.lower(), caller.user_id))
             if await cur.fetchone() is None:
-                raise Conflict("that e-mail address is already registered", code="email_taken")
+                raise ApiError("email_taken", "that e-mail address is already registered")
         create = StreamAppend(
             stream_id=user_stream(caller.user_id),
             expected_version=0,

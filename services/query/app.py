@@ -13,15 +13,14 @@ from litestar.types import ControllerRouterHandler
 from redis import asyncio as aioredis
 
 from services.core.db import QUERY_ROLE, open_async_pool
-from services.core.gatewayauth import gateway_guard
 from services.core.health import health_controller
 from services.core.logging import configure_logging
-from services.core.metrics import MetricsMiddleware, metrics_handler, refresh_projection_lag
+from services.core.metrics import refresh_projection_lag
 from services.core.settings import Settings
+from services.http.layer import api_description, http_layer
+from services.http.metrics import metrics_handler
 from services.query.consistency import PROJECTION
 from services.query.controllers import SessionsController, UsersController
-from services.query.errors import EXCEPTION_HANDLERS
-from services.query.middleware import RequestContextMiddleware
 from services.query.reader import provide_reader
 from services.query.streaming import StreamController
 
@@ -60,14 +59,12 @@ def create_app(settings: Settings) -> Litestar:
         lifespan=[lifespan],
         state=State({"settings": settings, "pool": None}),
         dependencies={"reader": Provide(provide_reader)},
-        exception_handlers=EXCEPTION_HANDLERS,
-        middleware=[MetricsMiddleware("query"), RequestContextMiddleware(),
-                    *gateway_guard(settings)],
         openapi_config=OpenAPIConfig(
             title="Chat sessions: query API",
             version="1.0.0",
             path="/schema",
-            description="Reads of the caller's sessions, messages and profile. Every "
-            'endpoint takes `X-User-ID`; errors are `{"error": code, "detail": text}`.',
+            description=api_description("Reads of the caller's sessions, messages and "
+                                        "profile. Every endpoint takes `X-User-ID`."),
         ),
+        **http_layer("query", settings),
     )

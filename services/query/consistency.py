@@ -12,7 +12,7 @@ import time
 
 from psycopg_pool import AsyncConnectionPool
 
-from services.query.errors import BadRequest
+from services.http.errors import ApiError
 
 PROJECTION = "read_model"
 PROJECTION_REACHED = "SELECT projection_reached(%s, %s)"
@@ -30,10 +30,8 @@ def parse_min_position(header: str | None, query: str | None) -> int | None:
             continue
         value = raw.strip()
         if not value.isascii() or not value.isdigit() or not 0 < int(value) <= _MAX_POSITION:
-            raise BadRequest(
-                f"{name} must be a positive integer (an event position)",
-                code="invalid_min_position",
-            )
+            raise ApiError("invalid_min_position",
+                           f"{name} must be a positive integer (an event position)")
         positions.append(int(value))
     return max(positions) if positions else None
 

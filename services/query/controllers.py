@@ -1,4 +1,4 @@
-"""HTTP handlers: parse, call one function, return a Struct. Errors: services/query/errors.py."""
+"""HTTP handlers: parse, call one function, return a Struct. Errors: services/http/errors.py."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from litestar.datastructures import ResponseHeader
 from litestar.di import NamedDependency
 from litestar.params import PathParameter, QueryParameter
 
+from services.http.errors import error_responses
 from services.query import messages, sessions
 from services.query.consistency import LAG_HEADER
-from services.query.errors import error_responses
 from services.query.reader import Reader
 from services.query.users import UserProfile
 

@@ -15,7 +15,7 @@ import msgspec
 from psycopg import AsyncConnection
 from psycopg.rows import class_row
 
-from services.query.errors import BadRequest, NotFound
+from services.http.errors import ApiError
 
 MAX_LIMIT = 200
 DEFAULT_LIMIT = 50
@@ -57,7 +57,7 @@ def parse_session_id(raw: str) -> UUID:
     try:
         return UUID(raw)
     except ValueError:
-        raise BadRequest("session id must be a UUID", code="invalid_session_id") from None
+        raise ApiError("invalid_session_id", "session id must be a UUID") from None
 
 
 def parse_anchor(name: str, raw: str | None) -> int | UUID | None:
@@ -74,9 +74,8 @@ def parse_anchor(name: str, raw: str | None) -> int | UUID | None:
             return UUID(value)
         except ValueError:
             pass
-    raise BadRequest(
-        f"{name} must be a sequence number (0 or more) or a message id", code="invalid_parameter"
-    )
+    raise ApiError("invalid_parameter",
+                   f"{name} must be a sequence number (0 or more) or a message id")
 
 
 async def _resolve(
@@ -87,7 +86,7 @@ async def _resolve(
     cur = await conn.execute(SELECT_MESSAGE_SEQ, (anchor, session_id))
     row = await cur.fetchone()
     if row is None:
-        raise NotFound(f"message {anchor} is not in this session", code="message_not_found")
+        raise ApiError("message_not_found", f"message {anchor} is not in this session")
     return int(row[0])
 
 
@@ -95,7 +94,7 @@ async def session_total(conn: AsyncConnection[Any], session_id: UUID) -> int:
     cur = await conn.execute(SELECT_SESSION_TOTAL, (session_id,))
     row = await cur.fetchone()
     if row is None:
-        raise NotFound("session not found", code="session_not_found")
+        raise ApiError("session_not_found", "session not found")
     return int(row[0])
 
 
@@ -110,7 +109,7 @@ async def page_of_messages(
 ) -> MessagePage:
     keyset = after is not None or before is not None
     if keyset and offset:
-        raise BadRequest("offset cannot be combined with after/before", code="invalid_parameter")
+        raise ApiError("invalid_parameter", "offset cannot be combined with after/before")
     total = await session_total(conn, session_id)
     async with conn.cursor(row_factory=class_row(Message)) as cur:
         if keyset:

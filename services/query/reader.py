@@ -19,7 +19,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from services.core.db import SET_USER
 from services.core.settings import Settings
-from services.query.auth import USER_HEADER, parse_user_id, unknown_user
+from services.http.auth import USER_HEADER, parse_user_id, unknown_user
 from services.query.consistency import (
     LAG_HEADER,
     MIN_POSITION_HEADER,

@@ -12,7 +12,7 @@ import msgspec
 from psycopg import AsyncConnection
 from psycopg.rows import class_row
 
-from services.query.errors import BadRequest
+from services.http.errors import ApiError
 
 MAX_LIMIT = 100
 DEFAULT_LIMIT = 10
@@ -66,9 +66,7 @@ def decode_cursor(raw: str) -> Cursor:
         data = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4))
         return _cursor_decoder.decode(data)
     except (ValueError, binascii.Error, msgspec.DecodeError):
-        raise BadRequest(
-            "before is not a cursor this API returned", code="invalid_cursor"
-        ) from None
+        raise ApiError("invalid_cursor", "before is not a cursor this API returned") from None
 
 
 async def list_sessions(

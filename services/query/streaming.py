@@ -27,9 +27,9 @@ from psycopg_pool import AsyncConnectionPool
 from services.core.db import SET_USER
 from services.core.live import SseEvent, StreamLease, live_redis, sse_response, sse_stream
 from services.core.settings import Settings
-from services.query.auth import USER_HEADER, parse_user_id, unknown_user
+from services.http.auth import USER_HEADER, parse_user_id, unknown_user
+from services.http.errors import ApiError, error_responses
 from services.query.consistency import MIN_POSITION_HEADER, parse_min_position, wait_for_position
-from services.query.errors import ApiError, BadRequest, NotFound, error_responses
 from services.query.messages import parse_session_id
 from services.query.users import fetch_user
 
@@ -37,11 +37,6 @@ log = structlog.get_logger("query.streaming")
 
 SESSION_VISIBLE = "SELECT 1 FROM sessions WHERE session_id = %s"  # RLS: the caller's only
 CONNECTION_TIMEOUT_SECONDS = 10.0
-
-
-class TooManyStreams(ApiError):
-    status_code = 429
-    code = "too_many_streams"
 
 
 async def check_session_owner(
@@ -54,7 +49,7 @@ async def check_session_owner(
             raise unknown_user()
         cur = await conn.execute(SESSION_VISIBLE, (session_id,))
         if await cur.fetchone() is None:
-            raise NotFound("session not found", code="session_not_found")
+            raise ApiError("session_not_found", "session not found")
 
 
 def _parse_reply_to(raw: str | None) -> UUID | None:
@@ -63,7 +58,7 @@ def _parse_reply_to(raw: str | None) -> UUID | None:
     try:
         return UUID(raw)
     except ValueError:
-        raise BadRequest("reply_to must be a message id (UUID)", code="invalid_reply_to") from None
+        raise ApiError("invalid_reply_to", "reply_to must be a message id (UUID)") from None
 
 
 class StreamController(Controller):
@@ -125,7 +120,8 @@ class StreamController(Controller):
         redis = live_redis(state, settings)
         lease = await StreamLease.acquire(redis, settings, user_id)
         if lease is None:
-            raise TooManyStreams(f"at most {settings.max_streams_per_user} open streams per user")
+            raise ApiError("too_many_streams",
+                           f"at most {settings.max_streams_per_user} open streams per user")
         log.info("stream_opened", session_id=str(sid), resume=last_event_id is not None)
         return sse_response(
             sse_stream(redis, settings, sid, last_event_id, reply_to=reply, lease=lease)

@@ -302,9 +302,9 @@ def test_chat_in_an_own_project_starts_a_session_there(
 def test_chat_in_another_users_project_is_404_like_a_missing_one(base_url: str) -> None:
     alice, bob = register(base_url), register(base_url)
     project_id = started(base_url, alice)["project_id"]
-    others = assert_error(chat(base_url, bob, text="hi", project_id=project_id), 404, "not_found")
+    others = assert_error(chat(base_url, bob, text="hi", project_id=project_id), 404, "project_not_found")
     missing = assert_error(
-        chat(base_url, bob, text="hi", project_id=uuid.uuid4()), 404, "not_found"
+        chat(base_url, bob, text="hi", project_id=uuid.uuid4()), 404, "project_not_found"
     )
     assert others == missing
 
@@ -312,7 +312,7 @@ def test_chat_in_another_users_project_is_404_like_a_missing_one(base_url: str) 
 def test_a_session_id_used_as_a_project_is_404(base_url: str) -> None:
     user = register(base_url)
     session_id = started(base_url, user)["session_id"]
-    assert_error(chat(base_url, user, text="hi", project_id=session_id), 404, "not_found")
+    assert_error(chat(base_url, user, text="hi", project_id=session_id), 404, "project_not_found")
 
 
 def test_chat_to_an_existing_session_appends_at_its_version(
@@ -335,7 +335,7 @@ def test_chat_to_an_existing_session_appends_at_its_version(
 
 def test_chat_to_a_missing_session_is_404(base_url: str) -> None:
     user = register(base_url)
-    assert_error(chat(base_url, user, text="hi", session_id=uuid.uuid4()), 404, "not_found")
+    assert_error(chat(base_url, user, text="hi", session_id=uuid.uuid4()), 404, "session_not_found")
 
 
 @pytest.mark.parametrize(
@@ -533,17 +533,17 @@ def test_a_session_id_that_is_not_a_uuid_is_400(base_url: str) -> None:
     user = register(base_url)
     with client(base_url, user) as c:
         body = assert_error(
-            c.put("/api/v1/sessions/nope/title", json={"title": "x"}), 400, "invalid_request"
+            c.put("/api/v1/sessions/nope/title", json={"title": "x"}), 400, "invalid_parameter"
         )
         assert "session_id" in body["detail"]
-        assert_error(c.delete("/api/v1/sessions/12345"), 400, "invalid_request")
+        assert_error(c.delete("/api/v1/sessions/12345"), 400, "invalid_parameter")
 
 
 def test_renaming_a_missing_session_is_404(base_url: str) -> None:
     user = register(base_url)
     with client(base_url, user) as c:
         response = c.put(f"/api/v1/sessions/{uuid.uuid4()}/title", json={"title": "x"})
-    assert_error(response, 404, "not_found")
+    assert_error(response, 404, "session_not_found")
 
 
 # --- delete -------------------------------------------------------------------------------
@@ -559,12 +559,12 @@ def test_a_deleted_session_is_404_for_its_owner(base_url: str) -> None:
         assert_error(
             c.post("/api/v1/chat", json={"text": "again", "session_id": session_id}),
             404,
-            "not_found",
+            "session_not_found",
         )
         assert_error(
-            c.put(f"/api/v1/sessions/{session_id}/title", json={"title": "x"}), 404, "not_found"
+            c.put(f"/api/v1/sessions/{session_id}/title", json={"title": "x"}), 404, "session_not_found"
         )
-        assert_error(c.delete(f"/api/v1/sessions/{session_id}"), 404, "not_found")
+        assert_error(c.delete(f"/api/v1/sessions/{session_id}"), 404, "session_not_found")
 
 
 def test_deleting_a_session_erases_what_was_written_from_the_event_store(
@@ -598,7 +598,7 @@ def test_deleting_a_session_erases_what_was_written_from_the_event_store(
 def test_deleting_a_missing_session_is_404(base_url: str) -> None:
     user = register(base_url)
     with client(base_url, user) as c:
-        assert_error(c.delete(f"/api/v1/sessions/{uuid.uuid4()}"), 404, "not_found")
+        assert_error(c.delete(f"/api/v1/sessions/{uuid.uuid4()}"), 404, "session_not_found")
 
 
 # --- isolation ----------------------------------------------------------------------------
@@ -628,7 +628,8 @@ def test_another_user_cannot_touch_a_session_and_learns_nothing(
             ),
         ]
     for others, absent in pairs:
-        assert_error(others, 404, "not_found")
+        names_a_project = b"project_id" in others.request.content
+        assert_error(others, 404, "project_not_found" if names_a_project else "session_not_found")
         assert others.json() == absent.json()
     assert len(stream_events(db, f"session-{session_id}")) == 2  # untouched
 

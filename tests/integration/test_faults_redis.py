@@ -120,6 +120,8 @@ def test_a_redis_restart_loses_no_message_answers_503_meanwhile_and_recovers(
                 f"{sys_.query_url}/api/v1/sessions/{own['session_id']}/stream",
                 headers=headers, timeout=BOUND_SECONDS * 2))
             assert stream.status_code == 503 and took < BOUND_SECONDS, (stream.text, took)
+            for answer in (streamed, stream):  # one code for Redis down, in both services
+                assert answer.json()["error"] == "redis_unavailable", answer.text
             listed = httpx.get(f"{sys_.query_url}/api/v1/sessions", headers=headers, timeout=10)
             assert listed.status_code == 200  # reads need no Redis
             time.sleep(max(0.0, 3 - (time.monotonic() - down_at)))

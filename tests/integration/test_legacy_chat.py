@@ -70,6 +70,6 @@ def test_a_legacy_chat_to_an_unknown_project_is_404_and_bad_input_is_400(
 ) -> None:
     with client(command_url) as c:
         r = c.post("/chat", json={"text": "hi", "project_id": str(uuid.uuid4())})
-        assert r.status_code == 404 and r.json()["error"] == "not_found"
+        assert r.status_code == 404 and r.json()["error"] == "project_not_found"
         assert c.post("/chat", json={"text": ""}).status_code == 400
         assert c.post("/chat", json={"project_id": "nope"}).status_code == 400

@@ -479,8 +479,8 @@ ENDPOINTS = ["/api/v1/sessions", "/api/v1/users/me", messages_url(uuid.uuid4())]
 @pytest.mark.parametrize("path", ENDPOINTS)
 def test_without_x_user_id_every_endpoint_is_401(base_url: str, path: str) -> None:
     with client(base_url) as c:
-        assert_error(c.get(path), 401, "unauthorized")
-        assert_error(c.get(path, headers={"X-User-ID": ""}), 401, "unauthorized")
+        assert_error(c.get(path), 401, "unauthenticated")
+        assert_error(c.get(path, headers={"X-User-ID": ""}), 401, "unauthenticated")
 
 
 @pytest.mark.parametrize("path", ENDPOINTS)
@@ -493,7 +493,7 @@ def test_an_x_user_id_that_is_not_a_uuid_is_400(base_url: str, path: str, bad: s
 @pytest.mark.parametrize("path", ENDPOINTS)
 def test_an_unknown_user_is_401(base_url: str, path: str) -> None:
     with client(base_url, uuid.uuid4()) as c:
-        assert_error(c.get(path), 401, "unauthorized")
+        assert_error(c.get(path), 401, "unknown_user")
 
 
 def test_users_me_returns_the_callers_profile(as_alice: httpx.Client, alice: Seeded) -> None:

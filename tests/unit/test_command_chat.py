@@ -5,17 +5,19 @@ from __future__ import annotations
 import pytest
 
 from services.command.chat import clean_text, title_from
-from services.command.errors import BadRequest, TooLarge
 from services.command.sessions import clean_title
+from services.http.errors import ApiError
 
 
 def test_text_is_trimmed_and_bounded() -> None:
     assert clean_text("  hi \n", 10) == "hi"
     assert clean_text("x" * 10, 10) == "x" * 10
-    with pytest.raises(TooLarge):
+    with pytest.raises(ApiError) as too_long:
         clean_text("x" * 11, 10)
-    with pytest.raises(BadRequest):
+    assert (too_long.value.status_code, too_long.value.code) == (413, "message_too_long")
+    with pytest.raises(ApiError) as empty:
         clean_text(" \n ", 10)
+    assert (empty.value.status_code, empty.value.code) == (400, "empty_text")
 
 
 def test_a_title_is_the_first_line_cut_to_60_characters() -> None:
@@ -27,5 +29,6 @@ def test_a_new_title_is_1_to_200_characters_after_trimming() -> None:
     assert clean_title("  Ghosts ") == "Ghosts"
     assert clean_title(" " + "t" * 200 + " ") == "t" * 200
     for bad in ("", "  ", "t" * 201, "a\x00b"):
-        with pytest.raises(BadRequest):
+        with pytest.raises(ApiError) as refused:
             clean_title(bad)
+        assert refused.value.status_code == 400

@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 
-from services.command.errors import Conflict
 from services.command.store import retry_on_conflict
 from services.core.eventstore import ConcurrencyError
+from services.http.errors import ApiError
 
 
 def test_a_conflicting_write_is_redone_until_it_succeeds() -> None:
@@ -33,7 +33,7 @@ def test_retries_are_bounded_and_end_in_a_409() -> None:
         calls += 1
         raise ConcurrencyError("session-x", 1)
 
-    with pytest.raises(Conflict) as refused:
+    with pytest.raises(ApiError) as refused:
         asyncio.run(retry_on_conflict(attempt, attempts=5))
     assert calls == 5
     assert (refused.value.status_code, refused.value.code) == (409, "concurrent_update")

@@ -1,0 +1,31 @@
+"""What every service's Litestar app is built with, so both behave as one."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from services.core.settings import Settings
+from services.http.auth import CallerCheckMiddleware
+from services.http.body import ApiRequest
+from services.http.context import RequestContextMiddleware
+from services.http.errors import EXCEPTION_HANDLERS, error_table_markdown
+from services.http.metrics import MetricsMiddleware
+
+
+def http_layer(service: str, settings: Settings) -> dict[str, Any]:
+    """Litestar(...) keyword arguments: middleware (outermost first: metrics, request ids,
+    caller checks), the error handlers, the request class that explains bad bodies, and the
+    body size limit."""
+    return {
+        "middleware": [MetricsMiddleware(service), RequestContextMiddleware(),
+                       CallerCheckMiddleware(settings)],
+        "exception_handlers": EXCEPTION_HANDLERS,
+        "request_class": ApiRequest,
+        "request_max_body_size": settings.max_body_bytes,
+    }
+
+
+def api_description(summary: str) -> str:
+    """An OpenAPI `info.description`: the service's summary, then the table of error codes."""
+    return (f'{summary}\n\nErrors are `{{"error": code, "detail": text}}`; clients branch on '
+            f"the code, never on the text:\n\n{error_table_markdown()}")
