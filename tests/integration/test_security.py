@@ -4,8 +4,9 @@ mass assignment (API3), resource limits (API4), and injection-looking or odd Uni
 that must come back byte-exact or be refused (API8/API10 hygiene).
 
 Real HTTP on loopback: both services, a gateway in front of them, and a worker projecting,
-once with the signed-token mode off and once with it on. docs/security.md lists what is
-covered and why.
+once with the signed-token mode off, once with it on, and once with tokens but no gateway
+secret (the services' checks alone, as behind nginx in compose). docs/security.md lists
+what is covered and why.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ import msgspec
 import pytest
 
 from services.command.app import create_app as command_app
-from services.core.gatewayauth import PROOF_HEADER, gateway_proof, proof_is_valid
 from services.core.settings import Settings
+from services.http.auth import PROOF_HEADER, gateway_proof, proof_is_valid
 from services.gateway.app import create_app as gateway_app
 from services.query.app import create_app as query_app
 from tests.integration.conftest import serve, wait_until
@@ -72,10 +73,18 @@ def plain(sec_settings: Settings, worker: None) -> Iterator[System]:
 
 @pytest.fixture(scope="module")
 def signed(sec_settings: Settings, worker: None) -> Iterator[System]:
-    """Signed-token mode on: tokens at the gateway, proofs at the services."""
+    """Signed-token mode on: the services check tokens and the gateway's proofs."""
     with ExitStack() as stack:
         yield _system(stack, msgspec.structs.replace(
             sec_settings, auth_jwt_secret=JWT_SECRET, gateway_secret=GATEWAY_SECRET))
+
+
+@pytest.fixture(scope="module")
+def tokens_only(sec_settings: Settings, worker: None) -> Iterator[System]:
+    """Tokens, no gateway secret: what the services check whatever fronts them (nginx in
+    compose cannot sign), reached straight."""
+    with ExitStack() as stack:
+        yield _system(stack, msgspec.structs.replace(sec_settings, auth_jwt_secret=JWT_SECRET))
 
 
 def register(base: str, **fields: Any) -> str:
@@ -272,20 +281,20 @@ def test_oversize_bodies_are_413_and_the_servers_stay_up(
         assert httpx.get(f"{base}/healthz", timeout=TIMEOUT).status_code == 200
 
 
-def test_very_long_headers_are_4xx_never_5xx(plain: System) -> None:
+def test_very_long_headers_are_431_whatever_fronts_the_services(plain: System) -> None:
     caller = register(plain.command)
-    for size in (40_000, 1_000_000):
-        headers = {"X-User-ID": caller, "X-Padding": "a" * size}
-        response = httpx.get(f"{plain.gateway}/api/v1/users/me", headers=headers,
-                             timeout=TIMEOUT)
-        assert response.status_code == 431, response.text
-        many = {"X-User-ID": caller, **{f"X-H{i}": "b" * 100 for i in range(500)}}
-        assert httpx.get(f"{plain.gateway}/api/v1/users/me", headers=many,
-                         timeout=TIMEOUT).status_code == 431
-    for base in (plain.command, plain.query):  # the services behind it: never a 5xx
-        response = httpx.get(f"{base}/api/v1/users/me", timeout=TIMEOUT,
-                             headers={"X-User-ID": caller, "X-Padding": "a" * 1_000_000})
-        assert response.status_code < 500
+    many = {"X-User-ID": caller, **{f"X-H{i}": "b" * 100 for i in range(500)}}
+    # the services cap headers themselves: the same answer straight or through the gateway
+    for base, method, path in ((plain.gateway, "GET", "/api/v1/users/me"),
+                               (plain.gateway, "POST", "/api/v1/chat"),
+                               (plain.command, "POST", "/api/v1/chat"),
+                               (plain.query, "GET", "/api/v1/users/me")):
+        for headers in ({"X-User-ID": caller, "X-Padding": "a" * 40_000},
+                        {"X-User-ID": caller, "X-Padding": "a" * 1_000_000}, many):
+            response = httpx.request(method, base + path, headers=headers, timeout=TIMEOUT,
+                                     json={"text": "hi"} if method == "POST" else None)
+            assert response.status_code == 431, (base, response.text)
+            assert response.json()["error"] == "headers_too_large"
     assert httpx.get(f"{plain.gateway}/readyz", timeout=TIMEOUT).status_code == 200
 
 
@@ -401,9 +410,7 @@ def test_services_refuse_requests_that_bypass_the_gateway(signed: System) -> Non
     assert httpx.get(f"{signed.query}/schema/openapi.json", timeout=TIMEOUT).status_code == 200
 
 
-def test_the_gateway_sets_x_user_id_from_the_token_whatever_the_client_sends(
-    signed: System,
-) -> None:
+def test_the_caller_is_the_tokens_subject_whatever_x_user_id_says(signed: System) -> None:
     alice, mallory = register(signed.gateway), register(signed.gateway)
     headers = {**bearer(token(mallory)), "X-User-ID": alice, "Accept": "application/json"}
     accepted = httpx.post(f"{signed.gateway}/api/v1/chat", json={"text": "whose is this?"},
@@ -429,7 +436,8 @@ def test_the_gateway_sets_x_user_id_from_the_token_whatever_the_client_sends(
     "missing", "not bearer", "empty", "garbage", "wrong key", "expired", "no exp",
     "no sub", "sub not a uuid", "HS512", "alg none",
 ])
-def test_bad_tokens_are_401(signed: System, case: str) -> None:
+@pytest.mark.parametrize("front", ["through the gateway", "straight to the services"])
+def test_bad_tokens_are_401(signed: System, tokens_only: System, case: str, front: str) -> None:
     user = uuid.uuid4()
     header = {
         "missing": {},
@@ -448,11 +456,45 @@ def test_bad_tokens_are_401(signed: System, case: str) -> None:
     }[case]
     for method, path in (("GET", "/api/v1/users/me"), ("GET", "/api/v1/sessions"),
                          ("POST", "/api/v1/chat"), ("DELETE", f"/api/v1/sessions/{user}")):
-        response = httpx.request(method, f"{signed.gateway}{path}", timeout=TIMEOUT,
+        if front == "through the gateway":
+            base = signed.gateway
+        else:
+            base = tokens_only.query if method == "GET" else tokens_only.command
+        response = httpx.request(method, f"{base}{path}", timeout=TIMEOUT,
                                  headers={**header, "X-User-ID": str(user)},
                                  json={"text": "hi"} if method == "POST" else None)
         assert response.status_code == 401, (case, path, response.text)
-        assert response.json()["error"] in ("token_required", "invalid_token", "token_expired")
+        expected = {"missing": "token_required", "not bearer": "token_required",
+                    "empty": "token_required", "expired": "token_expired"}.get(case,
+                                                                                "invalid_token")
+        assert response.json()["error"] == expected, (case, path, response.text)
+
+
+def test_without_a_gateway_the_services_take_the_user_from_the_token(
+    tokens_only: System,
+) -> None:
+    alice = register(tokens_only.command)  # signup needs no token
+    mallory = register(tokens_only.command)
+    headers = {**bearer(token(mallory)), "X-User-ID": alice, "Accept": "application/json"}
+    accepted = httpx.post(f"{tokens_only.command}/api/v1/chat", json={"text": "whose?"},
+                          headers=headers, timeout=TIMEOUT)
+    assert accepted.status_code == 202, accepted.text
+    me = httpx.get(f"{tokens_only.query}/api/v1/users/me", timeout=TIMEOUT,
+                   headers={**headers, "X-Min-Position": str(accepted.json()["position"])})
+    assert me.status_code == 200 and me.json()["user_id"] == mallory
+    # X-User-ID alone opens nothing, on either service
+    for base, method, path in (
+        (tokens_only.query, "GET", "/api/v1/sessions"),
+        (tokens_only.command, "POST", "/api/v1/chat"),
+        (tokens_only.command, "DELETE", f"/api/v1/sessions/{accepted.json()['session_id']}"),
+    ):
+        response = httpx.request(method, base + path, headers={"X-User-ID": mallory},
+                                 json={"text": "hi"} if method == "POST" else None,
+                                 timeout=TIMEOUT)
+        assert response.status_code == 401 and response.json()["error"] == "token_required"
+    for base in (tokens_only.command, tokens_only.query):
+        for path in ("/healthz", "/readyz", "/schema/openapi.json"):
+            assert httpx.get(base + path, timeout=TIMEOUT).status_code == 200, (base, path)
 
 
 def test_public_routes_need_no_token_in_signed_mode(signed: System) -> None:
