@@ -302,7 +302,9 @@ def test_chat_in_an_own_project_starts_a_session_there(
 def test_chat_in_another_users_project_is_404_like_a_missing_one(base_url: str) -> None:
     alice, bob = register(base_url), register(base_url)
     project_id = started(base_url, alice)["project_id"]
-    others = assert_error(chat(base_url, bob, text="hi", project_id=project_id), 404, "project_not_found")
+    others = assert_error(
+        chat(base_url, bob, text="hi", project_id=project_id), 404, "project_not_found"
+    )
     missing = assert_error(
         chat(base_url, bob, text="hi", project_id=uuid.uuid4()), 404, "project_not_found"
     )
@@ -562,7 +564,9 @@ def test_a_deleted_session_is_404_for_its_owner(base_url: str) -> None:
             "session_not_found",
         )
         assert_error(
-            c.put(f"/api/v1/sessions/{session_id}/title", json={"title": "x"}), 404, "session_not_found"
+            c.put(f"/api/v1/sessions/{session_id}/title", json={"title": "x"}),
+            404,
+            "session_not_found",
         )
         assert_error(c.delete(f"/api/v1/sessions/{session_id}"), 404, "session_not_found")
 

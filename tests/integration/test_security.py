@@ -25,8 +25,8 @@ import pytest
 
 from services.command.app import create_app as command_app
 from services.core.settings import Settings
-from services.http.auth import PROOF_HEADER, gateway_proof, proof_is_valid
 from services.gateway.app import create_app as gateway_app
+from services.http.auth import PROOF_HEADER, gateway_proof, proof_is_valid
 from services.query.app import create_app as query_app
 from tests.integration.conftest import serve, wait_until
 from workers.main import running_worker
