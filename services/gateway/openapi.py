@@ -11,6 +11,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from services.http.layer import api_description
+
 REF_PREFIX = "#/components/"
 # Each service has its own health endpoints; behind the gateway these paths are the
 # gateway's own (readiness of the whole system), documented below instead.
@@ -39,9 +41,10 @@ def merge_openapi(documents: dict[str, dict[str, Any]]) -> dict[str, Any]:
         "info": {
             "title": "Chat sessions API",
             "version": "1.0.0",
-            "description": "The whole public API behind one origin: reads are answered by "
-            "the query service, writes by the command service. Every endpoint takes "
-            '`X-User-ID`; errors are `{"error": code, "detail": text}`.',
+            "description": api_description(
+                "The whole public API behind one origin: reads are answered by the query "
+                "service, writes by the command service. Every endpoint but signup takes "
+                "`X-User-ID`."),
         },
         "paths": copy.deepcopy(GATEWAY_PATHS),
         "components": {},

@@ -49,8 +49,7 @@ ERRORS: dict[str, ErrorCode] = {
     "invalid_text": ErrorCode(400, "A text contains U+0000, which cannot be stored."),
     "invalid_title": ErrorCode(400, "The title is not 1 to 200 characters after trimming."),
     # 401: who is calling is not established.
-    "unauthenticated": ErrorCode(401, "No caller: X-User-ID (or, in signed-token mode, a "
-                                      "bearer token) is missing."),
+    "unauthenticated": ErrorCode(401, "X-User-ID is missing."),
     "unknown_user": ErrorCode(401, "X-User-ID (or the token's subject) names no registered "
                                    "user."),
     "token_required": ErrorCode(401, "Signed-token mode: `Authorization: Bearer <token>` is "
