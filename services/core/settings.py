@@ -23,13 +23,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_message_chars: int = 32_000
     max_body_bytes: int = 256 * 1024
     max_streams_per_user: int = 8
-    # Signed-token mode (services/core/gatewayauth.py): the gateway verifies
-    # `Authorization: Bearer <JWT HS256>` with this key and sets X-User-ID from its `sub`
-    # (empty = off); with gateway_secret set the services refuse requests the gateway did
-    # not sign. Set both in production.
+    # Signed-token mode (services/http/auth.py): both services verify
+    # `Authorization: Bearer <JWT HS256>` with this key and take the caller from its `sub`
+    # (empty = off); with gateway_secret set they also refuse requests the Python gateway
+    # did not sign. Set both behind the Python gateway, the first alone behind nginx.
     auth_jwt_secret: str = ""
     gateway_secret: str = ""
-    # The gateway answers 431 past this many bytes of request headers (uvicorn sets none).
+    # The services answer 431 past this many bytes of request headers (uvicorn sets none).
     max_header_bytes: int = 32 * 1024
     # Projection
     projector_batch_size: int = 500
