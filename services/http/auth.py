@@ -138,7 +138,7 @@ class CallerCheckMiddleware(ASGIMiddleware):
         self.jwt_secret = settings.auth_jwt_secret
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
-        headers: list[tuple[bytes, bytes]] = scope["headers"]
+        headers = list(scope["headers"])
         if sum(len(k) + len(v) for k, v in headers) > self.max_header_bytes:
             await _refuse(send, ApiError("headers_too_large",
                                          "the request headers are over the limit"))
