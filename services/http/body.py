@@ -120,7 +120,7 @@ def _field_problem(value: Any, annotation: Any) -> str | None:
     try:
         msgspec.convert(value, base, strict=False)
     except msgspec.ValidationError:
-        return f"must be {_describe(annotation)}"
+        return f"must be {describe(annotation)}"
     if meta is not None and meta.max_length is not None and len(value) > meta.max_length:
         return f"is longer than {meta.max_length} characters"
     return "is not in the expected format"
@@ -147,11 +147,12 @@ _NAMES: dict[Any, str] = {str: "a string", int: "an integer", float: "a number",
                           bool: "true or false", uuid.UUID: "a UUID", type(None): "null"}
 
 
-def _describe(annotation: Any) -> str:
+def describe(annotation: Any) -> str:
+    """A type in words ("a UUID or null")."""
     if typing.get_origin(annotation) is typing.Annotated:
-        return _describe(typing.get_args(annotation)[0])
+        return describe(typing.get_args(annotation)[0])
     if _is_union(annotation):
-        return " or ".join(_describe(arg) for arg in typing.get_args(annotation))
+        return " or ".join(describe(arg) for arg in typing.get_args(annotation))
     return _NAMES.get(annotation, "a valid value")
 
 

@@ -22,7 +22,7 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.types import ExceptionHandlersMap
 
-from services.http.body import BodyError, explain_invalid_body
+from services.http.body import BodyError, describe, explain_invalid_body
 
 log = structlog.get_logger("http.errors")
 
@@ -156,9 +156,26 @@ def validation_error(request: Request[Any, Any, Any], exc: ValidationException) 
     if any(isinstance(p, dict) and p.get("source") == "body" for p in problems):
         return _response(400, "invalid_request", explain_invalid_body(request))
     names = sorted({str(p.get("key")) for p in problems if isinstance(p, dict) and p.get("key")})
-    detail = (f"{', '.join(names)}: not a valid value" if names
-              else "a parameter is not valid")
-    return _response(400, "invalid_parameter", detail)
+    detail = "; ".join(f"{name}: {_parameter_rule(request, name)}" for name in names)
+    return _response(400, "invalid_parameter", detail or "a parameter is not valid")
+
+
+def _parameter_rule(request: Request[Any, Any, Any], name: str) -> str:
+    """What the route's parameter `name` must be, from its declaration ("must be an integer
+    from 1 to 100")."""
+    handler = request.scope.get("route_handler")
+    field = handler.parsed_fn_signature.parameters.get(name) if handler else None
+    if field is None:
+        return "is not valid"
+    rule = f"must be {describe(field.annotation)}"
+    low, high = (getattr(field.kwarg_definition, bound, None) for bound in ("ge", "le"))
+    if low is not None and high is not None:
+        return f"{rule} from {low} to {high}"
+    if low is not None:
+        return f"{rule} of at least {low}"
+    if high is not None:
+        return f"{rule} of at most {high}"
+    return rule
 
 
 def http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:

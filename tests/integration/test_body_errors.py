@@ -3,7 +3,8 @@ whatever the JSON library of the day raises or says (msgspec 0.19 raised Unicode
 for bad UTF-8, 0.23 raises DecodeError with its own text): code and detail are ours.
 
 Every route that takes a body, straight to the command service and through the gateway (the
-query service takes no bodies; it shares the same handlers, services/http/errors.py).
+query service takes no bodies; it shares the same handlers, services/http/errors.py). Bad
+parameters likewise answer our own `invalid_parameter` text, in both services.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from services.command.app import create_app as command_app
 from services.core.settings import Settings
 from services.gateway.app import create_app as gateway_app
 from services.query.app import create_app as query_app
-from tests.integration.conftest import serve
+from tests.integration.conftest import serve, wait_until
+from workers.main import running_worker
 
 TIMEOUT = 15.0
 SESSION = "0b9e8e4e-6b7a-4a55-9d3c-3f1f0c8a2b11"
@@ -47,11 +49,12 @@ UNDECODABLE = [
 @pytest.fixture(scope="module")
 def fronts(settings: Settings) -> Iterator[dict[str, str]]:
     with ExitStack() as stack:
+        stack.enter_context(running_worker(settings, threads=2))
         command = stack.enter_context(serve(command_app(settings)))
         query = stack.enter_context(serve(query_app(settings)))
         gateway = stack.enter_context(serve(gateway_app(
             msgspec.structs.replace(settings, command_url=command, query_url=query))))
-        yield {"command": command, "gateway": gateway}
+        yield {"command": command, "query": query, "gateway": gateway}
 
 
 @pytest.fixture(scope="module")
@@ -119,3 +122,24 @@ def test_signup_fields_are_explained_in_our_words(
 ) -> None:
     response = httpx.post(f"{fronts['command']}/api/v1/users", json=body, timeout=TIMEOUT)
     assert_refused(response, detail)
+
+
+@pytest.mark.parametrize(("front", "method", "path", "detail"), [
+    ("query", "GET", "/api/v1/sessions?limit=0", "limit: must be an integer from 1 to 100"),
+    ("query", "GET", "/api/v1/sessions?limit=many", "limit: must be an integer from 1 to 100"),
+    ("query", "GET", f"/api/v1/sessions/{SESSION}/messages?offset=-1",
+     "offset: must be an integer from 0 to 2147483647"),
+    ("command", "PUT", "/api/v1/sessions/nope/title", "session_id: must be a UUID"),
+    ("command", "DELETE", "/api/v1/sessions/12345", "session_id: must be a UUID"),
+])
+def test_a_bad_parameter_is_400_in_our_words(
+    fronts: dict[str, str], user: str, front: str, method: str, path: str, detail: str
+) -> None:
+    headers = {"X-User-ID": user}
+    # the query side checks parameters once it knows the caller: wait for the projection
+    wait_until(lambda: httpx.get(f"{fronts['query']}/api/v1/users/me", headers=headers,
+                                 timeout=TIMEOUT).status_code == 200, timeout=30)
+    response = httpx.request(method, fronts[front] + path, headers=headers, timeout=TIMEOUT,
+                             json={"title": "t"} if method == "PUT" else None)
+    assert response.status_code == 400, response.text
+    assert response.json() == {"error": "invalid_parameter", "detail": detail}
