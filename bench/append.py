@@ -5,7 +5,9 @@ its own connection, appending MessagePosted events to 16 session streams of its 
 transaction per append, through services.core.eventstore.append_sync: 1 or 8 writers, 1 or
 100 events per append. The "serialised" rows take a transaction-level advisory lock before
 each append, the alternative to reading below xmin that ARCHITECTURE.md asks to measure:
-every append then waits for the previous one to commit.
+every append then waits for the previous one to commit. `--wake` sends, after each commit,
+the wake-up the command service sends (services/core/wakeup.py: a Redis PUBLISH, from
+BENCH_REDIS_URL or the local Redis), to show it costs the appends nothing.
 
 Each scenario runs `--runs` times for `--seconds`; throughput is the median over runs,
 latency (append + commit, per transaction) percentiles are over every append of every run.
@@ -31,13 +33,17 @@ from typing import Any
 
 import msgspec
 import psycopg
+import redis
 from psycopg import sql
 
 from services.core.events import MessagePosted
 from services.core.eventstore import StreamAppend, append_sync
 from services.core.migrate import migrate
+from services.core.settings import Settings
+from services.core.wakeup import wake_followers_sync
 
 DEFAULT_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
+DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
 RESULTS = Path(__file__).resolve().parent / "results" / "append.json"
 STREAMS_PER_WRITER = 16
 SERIAL_LOCK = 7_246_002  # the advisory lock of the serialised variant
@@ -48,10 +54,12 @@ class Scenario(msgspec.Struct, frozen=True):
     writers: int
     batch: int
     serialised: bool = False
+    wake: bool = False
 
     @property
     def label(self) -> str:
-        return f"{self.writers}w x {self.batch}ev" + (" serialised" if self.serialised else "")
+        return (f"{self.writers}w x {self.batch}ev" + (" serialised" if self.serialised else "")
+                + (" +wake" if self.wake else ""))
 
 
 class RunResult(msgspec.Struct):
@@ -94,6 +102,9 @@ def _writer(
         for _ in range(scenario.batch)
     ]
     metadata = {"user_id": str(user_id), "correlation_id": str(uuid.uuid4())}
+    settings = Settings(redis_url=os.environ.get("BENCH_REDIS_URL") or DEFAULT_REDIS,
+                        redis_prefix=f"bench-append-{uuid.uuid4().hex[:8]}:")
+    wake = redis.Redis.from_url(settings.redis_url) if scenario.wake else None
     with psycopg.connect(url, autocommit=True) as conn:
         for run in range(runs):
             barrier.wait()
@@ -115,6 +126,8 @@ def _writer(
                     if scenario.serialised:
                         conn.execute("SELECT pg_advisory_xact_lock(%s)", (SERIAL_LOCK,))
                     append_sync(conn, [item], metadata)
+                if wake is not None:  # after the commit, as the services do
+                    wake_followers_sync(wake, settings)
                 versions[stream] += scenario.batch
                 latencies.append(time.perf_counter() - t0)
             elapsed = time.perf_counter() - start
@@ -161,6 +174,7 @@ def run_scenario(url: str, scenario: Scenario, runs: int, seconds: float) -> dic
         "writers": scenario.writers,
         "events_per_append": scenario.batch,
         "serialised": scenario.serialised,
+        "wake": scenario.wake,
         "events_per_s_median": round(statistics.median(events_per_s)),
         "appends_per_s_median": round(statistics.median(appends_per_s)),
         "events_per_s_runs": [round(x) for x in events_per_s],
@@ -216,6 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-serialised", action="store_true", help="skip the serialised-append variant"
     )
+    parser.add_argument(
+        "--wake", action="store_true",
+        help="publish the services' wake-up after each commit (services/core/wakeup.py)")
     args = parser.parse_args(argv)
 
     server = os.environ.get("BENCH_DATABASE_URL") or DEFAULT_SERVER
@@ -237,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
         for scenario in SCENARIOS:
             if scenario.serialised and args.no_serialised:
                 continue
+            if args.wake:
+                scenario = msgspec.structs.replace(scenario, wake=True)
             rows.append(run_scenario(url, scenario, args.runs, args.seconds))
             print(
                 f"  {scenario.label}: {rows[-1]['events_per_s_median']:,} events/s",

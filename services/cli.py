@@ -47,7 +47,7 @@ def _replay(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _import_legacy(settings: Settings, _args: argparse.Namespace) -> int:
-    from workers.legacy_import import import_legacy
+    from services.core.legacy_import import import_legacy
 
     print(import_legacy(settings.database_url))
     return 0

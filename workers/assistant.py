@@ -33,9 +33,9 @@ from services.core.eventstore import (
 )
 from services.core.live import LiveWriter, clear_stop, stop_requested
 from services.core.metrics import observe_reply
-from workers.broker import nudge_projector
+from services.core.wakeup import wake_followers_sync
 from workers.providers import ChatMessage, Provider, ProviderError, make_provider
-from workers.recovery import reply_lease
+from workers.reply_lease import reply_lease
 from workers.runtime import WorkerRuntime
 
 log = structlog.get_logger("assistant")
@@ -78,7 +78,7 @@ def answer(
 ) -> None:
     """Writes the assistant's reply to user message `message_id` of session `session_id`.
     `provider` defaults to the one settings name (tests pass their own). The reply holds a
-    lease while it runs (workers/recovery.py): a duplicate delivery meanwhile leaves, and a
+    lease while it runs (workers/reply_lease.py): a duplicate delivery meanwhile leaves, and a
     reply whose worker dies is recorded as failed by another worker's sweep."""
     with reply_lease(runtime, session_id, message_id) as mine:
         if mine:
@@ -314,13 +314,6 @@ def _append(runtime: WorkerRuntime, plan: _Plan, event: Event) -> _Stored | str:
     raise ConcurrencyError(stream_id, plan.version)
 
 
-def _nudge(runtime: WorkerRuntime) -> None:
-    try:
-        nudge_projector(runtime.broker)
-    except Exception:  # the projector's sweep picks the event up anyway
-        log.warning("projector_nudge_failed", exc_info=True)
-
-
 def _store(
     runtime: WorkerRuntime, writer: LiveWriter, plan: _Plan, provider: Provider, out: _Outcome
 ) -> None:
@@ -355,7 +348,7 @@ def _store(
         if result == "deleted":
             _live(writer.error, "session_deleted", "the session was deleted")
         return
-    _nudge(runtime)
+    wake_followers_sync(runtime.redis, runtime.settings)
     writer.message(
         {
             "message_id": str(event.message_id),
@@ -420,4 +413,4 @@ def _fail(
         # internal hosts or echo upstream bodies); the event and the logs keep the detail.
         _live(writer.error, code, f"the assistant could not reply ({code})")
     if not isinstance(result, str):
-        _nudge(runtime)
+        wake_followers_sync(runtime.redis, runtime.settings)

@@ -1,11 +1,13 @@
-"""The worker process: Dramatiq worker threads, the projector's periodic sweep and the
-analytics publisher."""
+"""The worker process: the followers of the event store (projector, analytics publisher,
+reply dispatcher), the thread that wakes them, the assistant's Dramatiq threads, and a
+sweep for replies whose worker died."""
 
 from __future__ import annotations
 
 import signal
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -14,28 +16,38 @@ import structlog
 
 from services.core.metrics import refresh_projection_lag_sync, start_metrics_server
 from services.core.settings import Settings
-from workers.actors import declare_actors, project_pending
-from workers.broker import ASSISTANT_QUEUE, PROJECTOR_QUEUE
-from workers.projector import PROJECTION
-from workers.publisher import run_publisher
-from workers.recovery import ReplyRecovery
+from workers.actors import declare_actors
+from workers.assistant import record_interrupted
+from workers.broker import ASSISTANT_QUEUE
+from workers.dispatcher import dispatcher_follower
+from workers.follower import FollowerThread, listen_for_wakeups
+from workers.projector import PROJECTION, read_model_follower
+from workers.publisher import publisher_follower, stream_key
+from workers.reply_lease import WORKER_LOST, abandoned_replies
 from workers.runtime import WorkerRuntime
 
 log = structlog.get_logger("worker")
 LAG_INTERVAL_SECONDS = 2.0  # how often the sweep measures projection lag for /metrics
 
 
+def fail_abandoned(runtime: WorkerRuntime) -> list[str]:
+    """Records every reply whose worker stopped renewing its lease as failed."""
+    failed: list[str] = []
+    for message_id, session_id in abandoned_replies(runtime):
+        if record_interrupted(runtime, uuid.UUID(session_id), uuid.UUID(message_id),
+                              WORKER_LOST, "the worker writing the reply stopped"):
+            failed.append(message_id)
+    if failed:
+        log.info("replies_recovered", failed=failed)
+    return failed
+
+
 def _sweep(runtime: WorkerRuntime, stop: threading.Event) -> None:
-    """Covers a nudge lost between commit and enqueue: the projector runs at least this often."""
-    recovery = ReplyRecovery(runtime)  # replies a dead worker left, requests that got lost
+    """Replies a dead worker left half-written, and the projection lag for /metrics."""
     lag_due = 0.0
-    while not stop.wait(runtime.settings.projector_sweep_seconds):
+    while not stop.wait(runtime.settings.reply_recovery_sweep_seconds):
         try:
-            project_pending(runtime)
-        except Exception:  # keep sweeping: the database may be back next time
-            log.exception("sweep_failed")
-        try:
-            recovery.maybe_run()
+            fail_abandoned(runtime)
         except Exception:  # Redis or the database may be back next time
             log.exception("reply_recovery_failed")
         if time.monotonic() >= lag_due:  # never raises: a failed measurement is logged
@@ -45,36 +57,44 @@ def _sweep(runtime: WorkerRuntime, stop: threading.Event) -> None:
 
 @contextmanager
 def running_worker(settings: Settings, threads: int = 4) -> Iterator[WorkerRuntime]:
-    """Starts the worker threads and the sweep; stops both on exit."""
+    """Starts the followers, the wake-up listener, the assistant's threads and the sweep;
+    stops them on exit."""
     runtime = WorkerRuntime.open(settings)
     declare_actors(runtime)
-    # Two pools of threads: projection nudges must never queue behind assistant replies
-    # (a reply holds its thread for seconds).
-    projecting = dramatiq.Worker(runtime.broker, queues={PROJECTOR_QUEUE}, worker_threads=2,
-                                 worker_timeout=100)
     answering = dramatiq.Worker(runtime.broker, queues={ASSISTANT_QUEUE},
                                 worker_threads=threads, worker_timeout=100)
     stop = threading.Event()
-    sweeper = threading.Thread(target=_sweep, args=(runtime, stop), name="sweep", daemon=True)
-    # the analytics stream: one thread polling the store (one publisher runs at a time
-    # across processes: its checkpoint row is taken SKIP LOCKED)
-    publishing = threading.Thread(
-        target=run_publisher, args=(settings, runtime.pool, runtime.redis, stop),
-        name="publisher", daemon=True)
-    projecting.start()
+    s = settings
+    followers = [
+        FollowerThread(runtime.pool, read_model_follower(
+            batch_size=s.projector_batch_size, max_attempts=s.projector_max_attempts),
+            s.projector_sweep_seconds, stop),
+        FollowerThread(runtime.pool, dispatcher_follower(runtime.broker),
+                       s.projector_sweep_seconds, stop),
+        FollowerThread(runtime.pool, publisher_follower(
+            runtime.redis, stream_key(s), batch_size=s.publisher_batch_size,
+            maxlen=s.events_stream_maxlen), s.publisher_poll_seconds, stop),
+    ]
+    background = [
+        *followers,
+        threading.Thread(target=listen_for_wakeups, args=(runtime.redis, s, followers, stop),
+                         name="wakeups", daemon=True),
+        threading.Thread(target=_sweep, args=(runtime, stop), name="sweep", daemon=True),
+    ]
     answering.start()
-    sweeper.start()
-    publishing.start()
+    for thread in background:
+        thread.start()
     stop_metrics = start_metrics_server(settings.worker_metrics_port, settings.host)
     log.info("worker_started", threads=threads)
     try:
         yield runtime
     finally:
         stop.set()
-        projecting.stop()
+        for f in followers:
+            f.news.set()
         answering.stop()
-        sweeper.join(timeout=10)
-        publishing.join(timeout=10)
+        for thread in background:
+            thread.join(timeout=10)
         runtime.close()
         stop_metrics()
         log.info("worker_stopped")

@@ -1,11 +1,10 @@
 """The read-model projector: events → users, sessions, chat_messages, user_projects,
 dossier and the legacy turns.
 
-It follows the event store from its own checkpoint and writes the checkpoint in the same
-transaction as the rows (exactly-once effect), so nudges are only hints: lost, duplicated or
-reordered nudges never lose or double anything. One projector applies the projection at a
-time: the checkpoint row is locked FOR UPDATE SKIP LOCKED, and whoever finds it locked
-leaves (the holder is already catching up; the periodic sweep covers the rest).
+It is a follower of the event store (workers/follower.py): the checkpoint is written in the
+same transaction as the rows (exactly-once effect), so wake-ups are only hints: lost or
+duplicated ones never lose or double anything. One projector applies the projection at a
+time (the checkpoint row is locked).
 
 Messages are buffered and written with one INSERT per batch, so the statement-level trigger
 on chat_messages updates each session once per batch, not once per row.
@@ -27,13 +26,9 @@ import psycopg
 import structlog
 
 from services.core import events as ev
-from services.core.db import PROJECTOR_ROLE, SET_LOCAL_ROLE
-from services.core.eventstore import (
-    RecordedEvent,
-    claim_checkpoint_sync,
-    read_all_sync,
-    save_checkpoint_sync,
-)
+from services.core.eventstore import RecordedEvent
+from workers.follower import Follower, Handler
+from workers.follower import catch_up as follow
 
 PROJECTION = "read_model"
 
@@ -76,7 +71,7 @@ DELETE_SESSION_TURNS = "DELETE FROM turns WHERE session_id = %s"
 DELETE_SESSION = "DELETE FROM sessions WHERE session_id = %s"
 
 # A legacy turn per user message; its project and owner come from the session. A turn that
-# already exists without a session is a legacy one being imported (workers/legacy_import.py
+# already exists without a session is a legacy one being imported (services/core/legacy_import.py
 # posts its message with the turn's own id): it is linked to the session and left exactly
 # as a fresh insert would be, so a replay (which inserts it fresh) gives the same row.
 INSERT_TURNS = """
@@ -187,39 +182,32 @@ def apply_events(conn: psycopg.Connection[Any], batch: list[RecordedEvent]) -> N
     buffer.flush(conn)
 
 
-def project_batch(
-    conn: psycopg.Connection[Any], *, batch_size: int = 500, max_attempts: int = 3
-) -> int | None:
-    """Applies up to batch_size events in one transaction.
-
-    Returns how many events the checkpoint moved past, or None when another projector
-    holds the checkpoint.
-    """
-    with conn.transaction():
-        conn.execute(SET_LOCAL_ROLE.format(PROJECTOR_ROLE))
-        checkpoint = claim_checkpoint_sync(conn, PROJECTION)
-        if checkpoint is None:
-            return None
-        batch = read_all_sync(conn, checkpoint, batch_size)
-        if not batch:
-            return 0
+def _handle(max_attempts: int) -> Handler:
+    def handle(conn: psycopg.Connection[Any], batch: list[RecordedEvent]) -> list[RecordedEvent]:
         try:
             # the fast path, the whole batch in one savepoint; pipeline mode sends the
             # statements without waiting for each answer
             with conn.pipeline(), conn.transaction():
                 apply_events(conn, batch)
-            done = batch
+            return batch
         except psycopg.Error:
-            done = _apply_carefully(conn, batch, max_attempts)
-        if done:
-            save_checkpoint_sync(conn, PROJECTION, done[-1].checkpoint)
-    # after commit: a line per event, carrying the ids of the request that caused it
+            return _apply_carefully(conn, batch, max_attempts)
+
+    return handle
+
+
+def _projected(done: list[RecordedEvent]) -> None:
+    """After commit: a line per event, carrying the ids of the request that caused it."""
     for recorded in done:
         log.info("event_projected", position=recorded.position, type=recorded.type,
                  stream_id=recorded.stream_id,
                  request_id=recorded.metadata.get("request_id"),
                  correlation_id=recorded.metadata.get("correlation_id"))
-    return len(done)
+
+
+def read_model_follower(*, batch_size: int = 500, max_attempts: int = 3) -> Follower:
+    """The projector as a follower of the event store (workers/follower.py)."""
+    return Follower(PROJECTION, _handle(max_attempts), batch_size, committed=_projected)
 
 
 def _apply_carefully(
@@ -251,13 +239,4 @@ def catch_up(conn: psycopg.Connection[Any], *, batch_size: int = 500,
 
     Returns how many events were applied.
     """
-    total = 0
-    while True:
-        n = project_batch(conn, batch_size=batch_size, max_attempts=max_attempts)
-        if not n:
-            return total
-        total += n
-        if n < batch_size:
-            # a failing event stops a batch short; come back on the next nudge or sweep
-            return total
-
+    return follow(conn, read_model_follower(batch_size=batch_size, max_attempts=max_attempts))

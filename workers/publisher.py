@@ -1,9 +1,9 @@
 """The analytics stream: every committed event, in global order, on a Redis Stream.
 
-The publisher follows the event store like the projector does ((txid, position) order, only
-below the oldest running transaction; see services/core/eventstore.py) from its own
-checkpoint row, `publisher` in projection_checkpoints, locked FOR UPDATE SKIP LOCKED so one
-publisher runs at a time. Per batch: XADD every event, then move the checkpoint and commit.
+The publisher is a follower of the event store like the projector (workers/follower.py:
+(txid, position) order, only below the oldest running transaction) with its own checkpoint
+row, `publisher` in projection_checkpoints, so one publisher runs at a time. Per batch: XADD
+every event, then move the checkpoint and commit.
 A crash between the two sends the batch again (at-least-once)...
 
 ...but the stream still holds each event once, because the entry ID is the event's place
@@ -35,7 +35,6 @@ from the event store (read_all from a checkpoint) and then switches to the strea
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -44,15 +43,10 @@ import psycopg
 import redis
 import structlog
 
-from services.core.db import PROJECTOR_ROLE, SET_LOCAL_ROLE
 from services.core.events import AnyEvent, SessionDeleted, encode_event
-from services.core.eventstore import (
-    RecordedEvent,
-    claim_checkpoint_sync,
-    read_all_sync,
-    save_checkpoint_sync,
-)
+from services.core.eventstore import RecordedEvent
 from services.core.settings import Settings
+from workers.follower import Follower, catch_up, follow_batch
 
 log = structlog.get_logger("publisher")
 
@@ -153,19 +147,14 @@ def _is_duplicate(result: object) -> bool:
     return isinstance(result, redis.ResponseError) and _DUPLICATE in str(result)
 
 
-def publish_batch(conn: psycopg.Connection[Any], client: redis.Redis, key: str, *,
-                  batch_size: int = BATCH_SIZE, maxlen: int = STREAM_MAXLEN,
-                  before_checkpoint: Callable[[], None] | None = None) -> int | None:
-    """Publishes up to batch_size events; returns how many, or None when another
-    publisher holds the checkpoint. `before_checkpoint` lets tests crash at the worst time."""
-    with conn.transaction():
-        conn.execute(SET_LOCAL_ROLE.format(PROJECTOR_ROLE))
-        checkpoint = claim_checkpoint_sync(conn, CHECKPOINT_NAME)
-        if checkpoint is None:
-            return None
-        batch = read_all_sync(conn, checkpoint, batch_size)
-        if not batch:
-            return 0
+def publisher_follower(client: redis.Redis, key: str, *, batch_size: int = BATCH_SIZE,
+                       maxlen: int = STREAM_MAXLEN,
+                       before_checkpoint: Callable[[], None] | None = None) -> Follower:
+    """The publisher as a follower of the event store (workers/follower.py): per batch, XADD
+    every event, then the checkpoint moves. `before_checkpoint` lets tests crash at the
+    worst time."""
+
+    def handle(conn: psycopg.Connection[Any], batch: list[RecordedEvent]) -> list[RecordedEvent]:
         pipe = client.pipeline(transaction=False)
         for recorded in batch:
             pipe.xadd(key, envelope(recorded),  # type: ignore[arg-type]
@@ -184,32 +173,27 @@ def publish_batch(conn: psycopg.Connection[Any], client: redis.Redis, key: str, 
                 raise result
         if before_checkpoint:
             before_checkpoint()
-        save_checkpoint_sync(conn, CHECKPOINT_NAME, batch[-1].checkpoint)
         if duplicates:
             log.info("publisher_skipped_duplicates", count=duplicates)
-        return len(batch)
+        return batch
+
+    return Follower(CHECKPOINT_NAME, handle, batch_size)
+
+
+def publish_batch(conn: psycopg.Connection[Any], client: redis.Redis, key: str, *,
+                  batch_size: int = BATCH_SIZE, maxlen: int = STREAM_MAXLEN,
+                  before_checkpoint: Callable[[], None] | None = None) -> int | None:
+    """Publishes up to batch_size events; returns how many, or None when another
+    publisher holds the checkpoint."""
+    return follow_batch(conn, publisher_follower(
+        client, key, batch_size=batch_size, maxlen=maxlen, before_checkpoint=before_checkpoint))
 
 
 def publish_pending(conn: psycopg.Connection[Any], client: redis.Redis, key: str, *,
                     batch_size: int = BATCH_SIZE, maxlen: int = STREAM_MAXLEN) -> int:
     """Publishes until caught up (or another publisher has the lock); returns the count."""
-    total = 0
-    while n := publish_batch(conn, client, key, batch_size=batch_size, maxlen=maxlen):
-        total += n
-    return total
-
-
-def run_publisher(settings: Settings, pool: Any, client: redis.Redis,
-                  stop: threading.Event) -> None:
-    """The worker's publishing thread: polls the store, publishes what is new."""
-    key = stream_key(settings)
-    while not stop.wait(settings.publisher_poll_seconds):
-        try:
-            with pool.connection() as conn:
-                publish_pending(conn, client, key, batch_size=settings.publisher_batch_size,
-                                maxlen=settings.events_stream_maxlen)
-        except Exception:  # keep going: Redis or the database may be back next time
-            log.exception("publish_failed")
+    return catch_up(conn, publisher_follower(client, key, batch_size=batch_size,
+                                             maxlen=maxlen))
 
 
 # `chatctl events tail` ----------------------------------------------------------------------

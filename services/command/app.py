@@ -6,7 +6,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-import dramatiq
 from litestar import Controller, Litestar
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
@@ -27,11 +26,11 @@ from services.core.db import open_async_pool
 from services.core.health import health_controller
 from services.core.logging import configure_logging
 from services.core.settings import Settings
+from services.core.wakeup import Wake
 from services.http.auth import USER_HEADER, parse_user_id
 from services.http.context import RequestIds, request_ids
 from services.http.layer import api_description, http_layer
 from services.http.metrics import metrics_handler
-from workers.broker import make_broker
 
 # Add a controller here to serve it.
 CONTROLLERS: list[type[Controller]] = [
@@ -48,8 +47,8 @@ def provide_pool(state: State) -> AsyncConnectionPool[Any]:
     return state.pool  # type: ignore[no-any-return]
 
 
-def provide_broker(state: State) -> dramatiq.Broker:
-    return state.broker  # type: ignore[no-any-return]
+def provide_wake(state: State) -> Wake:
+    return state.wake  # type: ignore[no-any-return]
 
 
 def provide_settings(state: State) -> Settings:
@@ -80,31 +79,28 @@ def provide_claimed_caller(
     return Caller(parse_user_id(x_user_id), request_ids, verified=False)
 
 
-def create_app(settings: Settings, broker: dramatiq.Broker | None = None) -> Litestar:
+def create_app(settings: Settings) -> Litestar:
     configure_logging(settings.log_level, settings.log_json)
-    own_broker = broker is None
-    the_broker = broker or make_broker(settings)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         # The owner user, no role: the command side writes the event store, nothing else.
         app.state.pool = await open_async_pool(settings.database_url)
         app.state.redis = aioredis.Redis.from_url(settings.redis_url)  # live replies, stop
+        app.state.wake = Wake(app.state.redis, settings)  # after each commit: "news"
         try:
             yield
         finally:
             await app.state.pool.close()
             await app.state.redis.aclose()
-            if own_broker:
-                the_broker.close()
 
     return Litestar(
         route_handlers=[*CONTROLLERS, metrics_handler("command")],
         lifespan=[lifespan],
-        state=State({"settings": settings, "broker": the_broker}),
+        state=State({"settings": settings}),
         dependencies={
             "pool": Provide(provide_pool, sync_to_thread=False),
-            "broker": Provide(provide_broker, sync_to_thread=False),
+            "wake": Provide(provide_wake, sync_to_thread=False),
             "settings": Provide(provide_settings, sync_to_thread=False),
             "request_ids": Provide(request_ids, sync_to_thread=False),
             "caller": Provide(provide_caller),

@@ -1,5 +1,6 @@
 """Posting a user's message: into a session (started here when none is given, with a project
-when none is given), then asking the assistant to reply.
+when none is given). The stored MessagePosted is the request for a reply: the workers' reply
+dispatcher (workers/dispatcher.py) follows the event store and asks the assistant.
 
 `post_chat` returns the metadata of what was stored; how it is answered (JSON now, an event
 stream later, by Accept header) is the handler's business.
@@ -10,7 +11,6 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-import dramatiq
 import msgspec
 import psycopg
 import structlog
@@ -18,7 +18,6 @@ from litestar.response import ServerSentEvent, ServerSentEventMessage
 from psycopg_pool import AsyncConnectionPool
 from redis import asyncio as aioredis
 
-from services.command import notify
 from services.command.auth import Caller, known_user, verified
 from services.command.store import (
     append,
@@ -37,6 +36,7 @@ from services.core.events import (
 from services.core.eventstore import StreamAppend
 from services.core.live import StreamLease, sse_response, sse_stream
 from services.core.settings import Settings
+from services.core.wakeup import Wake
 from services.http.errors import ApiError
 
 log = structlog.get_logger("command.chat")
@@ -111,7 +111,7 @@ def stream_url(session_id: uuid.UUID, position: int, message_id: uuid.UUID) -> s
 
 async def post_chat(
     pool: AsyncConnectionPool[Any],
-    broker: dramatiq.Broker,
+    wake: Wake,
     settings: Settings,
     caller: Caller,
     body: PostChat,
@@ -131,12 +131,13 @@ async def post_chat(
         return await _continue_session(conn, caller, body.session_id, text)
 
     accepted = await in_transaction(pool, work)
-    await announce(broker, accepted)
+    await announce(wake, accepted)
     return accepted
 
 
-async def announce(broker: dramatiq.Broker, accepted: ChatAccepted) -> None:
-    """After commit: nudge the projector and ask the assistant to reply."""
+async def announce(wake: Wake, accepted: ChatAccepted) -> None:
+    """After commit: wake the followers (the projector, and the dispatcher that asks the
+    assistant to reply). Nothing can be lost here: the message is the request."""
     log.info(
         "message_posted",
         session_id=str(accepted.session_id),
@@ -144,15 +145,7 @@ async def announce(broker: dramatiq.Broker, accepted: ChatAccepted) -> None:
         created=accepted.created,
         position=accepted.position,
     )
-    try:
-        await notify.nudge_and_request_reply(broker, accepted.session_id, accepted.message_id)
-    except Exception as exc:  # Redis down or hanging: the message is stored, the reply is not
-        log.error("reply_request_failed", error=repr(exc))
-        raise ApiError(
-            "assistant_unavailable",
-            "the message was stored but the assistant could not be asked to reply",
-            extra=msgspec.to_builtins(accepted),
-        ) from exc
+    await wake()
 
 
 def reply_events(

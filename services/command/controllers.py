@@ -5,7 +5,6 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-import dramatiq
 from litestar import Controller, Request, Response, delete, post, put
 from litestar.datastructures import State
 from litestar.di import NamedDependency
@@ -18,6 +17,7 @@ from services.command import chat, legacy, sessions, users
 from services.command.auth import Caller, verified
 from services.core.live import SseEvent, StreamLease, live_redis
 from services.core.settings import Settings
+from services.core.wakeup import Wake
 from services.http.context import RequestIds
 from services.http.errors import ApiError, error_responses
 
@@ -34,11 +34,11 @@ class UserController(Controller):
         self,
         data: JSONBody[users.RegisterUser],
         pool: NamedDependency[AsyncConnectionPool[Any]],
-        broker: NamedDependency[dramatiq.Broker],
+        wake: NamedDependency[Wake],
         request_ids: NamedDependency[RequestIds],
     ) -> users.UserCreated:
         """Registers a user; the server picks the id. The e-mail is unique in any case."""
-        return await users.register_user(pool, broker, request_ids, data)
+        return await users.register_user(pool, wake, request_ids, data)
 
 
 class ChatController(Controller):
@@ -66,17 +66,17 @@ class ChatController(Controller):
         state: State,
     ) -> Response[Any]:
         """Posts the user's message (starting a session, and a project, when none is given)
-        and asks the assistant to reply. With `Accept: application/json`: 202 with the ids
+        which asks the assistant to reply. With `Accept: application/json`: 202 with the ids
         and `stream_url`; otherwise the reply itself as server-sent events."""
-        # The pool, broker and settings straight from the app's state (what their providers
+        # The pool, wake-up and settings straight from the app's state (what their providers
         # return): Litestar resolves a batch of several dependencies in an anyio task group,
         # a cost on every request of the hottest route.
         pool: AsyncConnectionPool[Any] = state.pool
-        broker: dramatiq.Broker = state.broker
+        wake: Wake = state.wake
         settings: Settings = state.settings
         if request.accept.best_match([EVENT_STREAM, JSON], default=EVENT_STREAM) == JSON:
             # the user is checked inside post_chat's transaction
-            accepted = await chat.post_chat(pool, broker, settings, claimed_caller, data)
+            accepted = await chat.post_chat(pool, wake, settings, claimed_caller, data)
             return Response(accepted, status_code=HTTP_202_ACCEPTED)
         # Streamed: the user is checked before a stream slot is taken, as for any caller.
         caller = await verified(pool, claimed_caller)
@@ -86,7 +86,7 @@ class ChatController(Controller):
             raise ApiError("too_many_streams",
                            f"at most {settings.max_streams_per_user} open streams per user")
         try:
-            accepted = await chat.post_chat(pool, broker, settings, caller, data)
+            accepted = await chat.post_chat(pool, wake, settings, caller, data)
         except BaseException:
             await lease.release()
             raise
@@ -106,22 +106,22 @@ class SessionController(Controller):
         session_id: FromPath[uuid.UUID],
         data: JSONBody[sessions.RenameSession],
         pool: NamedDependency[AsyncConnectionPool[Any]],
-        broker: NamedDependency[dramatiq.Broker],
+        wake: NamedDependency[Wake],
         caller: NamedDependency[Caller],
     ) -> sessions.SessionTitle:
         """Renames a session (1 to 200 characters after trimming)."""
-        return await sessions.rename_session(pool, broker, caller, session_id, data)
+        return await sessions.rename_session(pool, wake, caller, session_id, data)
 
     @delete("", operation_id="deleteSession", responses=error_responses(400, 401, 404, 409))
     async def delete_session(
         self,
         session_id: FromPath[uuid.UUID],
         pool: NamedDependency[AsyncConnectionPool[Any]],
-        broker: NamedDependency[dramatiq.Broker],
+        wake: NamedDependency[Wake],
         caller: NamedDependency[Caller],
     ) -> None:
         """Deletes a session and erases what was written in it from the event store."""
-        await sessions.delete_session(pool, broker, caller, session_id)
+        await sessions.delete_session(pool, wake, caller, session_id)
 
 
 class LegacyChatController(Controller):
@@ -146,7 +146,7 @@ class LegacyChatController(Controller):
         self,
         data: JSONBody[legacy.LegacyChat],
         pool: NamedDependency[AsyncConnectionPool[Any]],
-        broker: NamedDependency[dramatiq.Broker],
+        wake: NamedDependency[Wake],
         settings: NamedDependency[Settings],
         request_ids: NamedDependency[RequestIds],
         state: State,
@@ -161,7 +161,7 @@ class LegacyChatController(Controller):
                            f"at most {settings.max_streams_per_user} open streams")
         try:
             accepted = await legacy.post_legacy_chat(pool, settings, request_ids, data)
-            await chat.announce(broker, accepted)
+            await chat.announce(wake, accepted)
         except BaseException:
             await lease.release()
             raise

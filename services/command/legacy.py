@@ -2,7 +2,7 @@
 
 It takes what the old endpoint took, `{"text", "project_id"?}`, with no session and no user
 header, and answers with the streamed reply. Each project has one legacy conversation: the
-session the legacy import (workers/legacy_import.py) makes for it, with the same
+session the legacy import (services/core/legacy_import.py) makes for it, with the same
 deterministic ids, so legacy posts and imported turns land in one place:
 
 - no project_id: a new project, owned by a new legacy owner account;
@@ -31,11 +31,11 @@ from services.command.auth import Caller
 from services.command.chat import ChatAccepted, accepted_as, clean_text, message_posted
 from services.command.store import in_transaction
 from services.core import events as ev
+from services.core import legacy_import
 from services.core.eventstore import StreamAppend, append, stream_info
 from services.core.settings import Settings
 from services.http.context import RequestIds
 from services.http.errors import ApiError
-from workers import legacy_import
 
 LEGACY_DOSSIER_EXISTS = "SELECT title FROM dossier WHERE project_id = %s"
 

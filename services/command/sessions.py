@@ -5,13 +5,11 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-import dramatiq
 import msgspec
 import psycopg
 import structlog
 from psycopg_pool import AsyncConnectionPool
 
-from services.command import notify
 from services.command.auth import Caller
 from services.command.store import (
     append,
@@ -21,6 +19,7 @@ from services.command.store import (
 )
 from services.core.events import SessionDeleted, SessionRenamed, session_stream
 from services.core.eventstore import MARK_STREAM_DELETED, StreamAppend
+from services.core.wakeup import Wake
 from services.http.errors import ApiError
 
 log = structlog.get_logger("command.sessions")
@@ -51,7 +50,7 @@ def clean_title(title: str) -> str:
 
 async def rename_session(
     pool: AsyncConnectionPool[Any],
-    broker: dramatiq.Broker,
+    wake: Wake,
     caller: Caller,
     session_id: uuid.UUID,
     body: RenameSession,
@@ -70,13 +69,13 @@ async def rename_session(
 
     await in_transaction(pool, work)
     log.info("session_renamed", session_id=str(session_id))
-    await notify.nudge_projector(broker)
+    await wake()
     return SessionTitle(session_id=session_id, title=title)
 
 
 async def delete_session(
     pool: AsyncConnectionPool[Any],
-    broker: dramatiq.Broker,
+    wake: Wake,
     caller: Caller,
     session_id: uuid.UUID,
 ) -> None:
@@ -100,4 +99,4 @@ async def delete_session(
 
     await in_transaction(pool, work)
     log.info("session_deleted", session_id=str(session_id))
-    await notify.nudge_projector(broker)
+    await wake()

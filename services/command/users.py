@@ -5,17 +5,16 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
-import dramatiq
 import msgspec
 import psycopg
 import structlog
 from psycopg_pool import AsyncConnectionPool
 
-from services.command import notify
 from services.command.auth import Caller
 from services.command.store import append, in_transaction
 from services.core.events import UserRegistered, user_stream
 from services.core.eventstore import StreamAppend
+from services.core.wakeup import Wake
 from services.http.context import RequestIds
 from services.http.errors import ApiError
 
@@ -58,7 +57,7 @@ class UserCreated(msgspec.Struct, frozen=True, kw_only=True):
 
 
 async def register_user(
-    pool: AsyncConnectionPool[Any], broker: dramatiq.Broker, ids: RequestIds, body: RegisterUser
+    pool: AsyncConnectionPool[Any], wake: Wake, ids: RequestIds, body: RegisterUser
 ) -> UserCreated:
     # The server picks the id; clients never choose one.
     caller = Caller(uuid.uuid4(), ids)
@@ -85,7 +84,7 @@ async def register_user(
 
     await in_transaction(pool, work)
     log.info("user_registered", new_user_id=str(caller.user_id))
-    await notify.nudge_projector(broker)
+    await wake()
     return UserCreated(
         user_id=caller.user_id,
         email=body.email,

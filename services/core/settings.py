@@ -31,15 +31,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     gateway_secret: str = ""
     # The services answer 431 past this many bytes of request headers (uvicorn sets none).
     max_header_bytes: int = 32 * 1024
-    # Projection
+    # Projection. Followers of the event store (projector, reply dispatcher) wake on the
+    # Redis message sent after each append's commit; the sweep only covers a lost one.
     projector_batch_size: int = 500
-    projector_sweep_seconds: float = 0.25
+    projector_sweep_seconds: float = 5.0
     projector_max_attempts: int = 3
     # The analytics event stream (Redis Stream <prefix><events_stream>)
     events_stream: str = "events"
     events_stream_maxlen: int = 1_000_000
     publisher_batch_size: int = 1_000
-    publisher_poll_seconds: float = 0.25
+    publisher_poll_seconds: float = 5.0  # its sweep; it wakes like the projector
     replay_batch_size: int = 10_000
     # Live reply streams (Redis Streams per session)
     live_stream_maxlen: int = 10_000
@@ -55,14 +56,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     llm_context_messages: int = 40
     # The offline provider's pause per delta (tests slow it down to act mid-reply).
     llm_offline_delay_seconds: float = 0.03
-    # Reply recovery (workers/recovery.py): a reply being written holds a lease renewed
+    # The reply lease (workers/reply_lease.py): a reply being written holds a lease renewed
     # every reply_lease_seconds / 3; one whose lease ran out (its worker died) is recorded
-    # as failed. A user message posted through the API with no reply after
-    # reply_request_grace_seconds, none being written, is asked for again (within
-    # reply_recovery_window_seconds of being posted; 0 turns that off).
+    # as failed by a sweep every reply_recovery_sweep_seconds.
     reply_lease_seconds: float = 10.0
-    reply_request_grace_seconds: float = 30.0
-    reply_recovery_window_seconds: float = 3600.0
     reply_recovery_sweep_seconds: float = 1.0
     log_level: str = "INFO"
     log_json: bool = True

@@ -1,7 +1,7 @@
 """The command API over real HTTP, against real PostgreSQL and Redis.
 
-Only the event store and the broker's queues are asserted on: the read model belongs to the
-projector, which nothing runs here.
+Only the event store and the wake-ups are asserted on: the read model belongs to the
+projector, which nothing runs here, and the assistant is asked by the workers' dispatcher.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ import redis
 
 from services.command.app import create_app
 from services.core.settings import Settings
+from services.core.wakeup import channel
 from tests.integration.conftest import client as plain_client
 from tests.integration.conftest import serve
-from workers.broker import ASSISTANT_QUEUE, PROJECTOR_QUEUE, make_broker
 
 # --- fixtures and helpers -----------------------------------------------------------------
 
@@ -57,10 +57,13 @@ def rds(app_settings: Settings) -> Iterator[redis.Redis]:
     r.close()
 
 
-def queue_key(settings: Settings, queue: str) -> str:
-    # dramatiq's RedisBroker: the list of message ids is "<namespace>:<queue>", the
-    # messages themselves the hash "<namespace>:<queue>.msgs".
-    return f"{settings.redis_prefix}dramatiq:{queue}"
+def wakeups(pubsub: Any, wait: float = 5.0) -> int:
+    """How many wake-ups arrived on a subscribed channel (waiting `wait` for the first)."""
+    count = 0
+    while pubsub.get_message(ignore_subscribe_messages=True,
+                             timeout=wait if count == 0 else 0.2) is not None:
+        count += 1
+    return count
 
 
 def register(base_url: str, **fields: Any) -> uuid.UUID:
@@ -207,8 +210,9 @@ def test_a_first_message_starts_a_session_and_a_project_in_one_transaction(
     base_url: str, db: psycopg.Connection, app_settings: Settings, rds: redis.Redis
 ) -> None:
     user = register(base_url)
-    projector = queue_key(app_settings, PROJECTOR_QUEUE)
-    nudges_before = rds.llen(projector)
+    pubsub = rds.pubsub()
+    pubsub.subscribe(channel(app_settings))
+    assert pubsub.get_message(timeout=5) is not None  # subscribed
     with client(base_url, user) as c:
         response = c.post(
             "/api/v1/chat",
@@ -256,13 +260,11 @@ def test_a_first_message_starts_a_session_and_a_project_in_one_transaction(
         (f"session-{session_id}", "session", user),
     ]
 
-    # The assistant was asked to answer exactly this message; the projector was nudged.
-    assistant = queue_key(app_settings, ASSISTANT_QUEUE)
-    enqueued = [json.loads(m) for m in rds.hvals(f"{assistant}.msgs")]  # type: ignore[union-attr]
-    asked = [m for m in enqueued if m["args"] == [session_id, body["message_id"]]]
-    assert len(asked) == 1
-    assert asked[0]["actor_name"] == "assistant_reply"
-    assert rds.llen(projector) == nudges_before + 1  # type: ignore[operator]
+    # The event store is the only hand-off: after the commit, one wake-up for the followers
+    # (the projector, and the dispatcher that asks the assistant), and no queued job.
+    assert wakeups(pubsub) == 1
+    pubsub.close()
+    assert not rds.keys(f"{app_settings.redis_prefix}dramatiq*")
 
 
 def test_a_session_title_is_the_first_line_cut_to_60_characters(
@@ -410,13 +412,16 @@ def test_a_body_over_the_size_limit_is_413(base_url: str, app_settings: Settings
         assert_error(response, 413, "body_too_large")
 
 
-def test_a_message_is_stored_but_503_when_the_assistant_cannot_be_asked(
+def test_a_message_is_accepted_when_the_wakeup_cannot_be_sent(
     serve_app: Callable[[Any], str], app_settings: Settings, db: psycopg.Connection
 ) -> None:
+    """Stored is enough: the followers' sweep finds what a lost wake-up did not announce."""
     dead_redis = msgspec.structs.replace(app_settings, redis_url="redis://127.0.0.1:1/0")
-    base_url = serve_app(create_app(app_settings, broker=make_broker(dead_redis)))
-    user = register(base_url)  # a failed nudge is only logged
-    body = assert_error(chat(base_url, user, text="are you there?"), 503, "assistant_unavailable")
+    base_url = serve_app(create_app(dead_redis))
+    user = register(base_url)  # a failed wake-up is only logged
+    response = chat(base_url, user, text="are you there?")
+    assert response.status_code == 202, response.text
+    body = response.json()
     session = stream_events(db, f"session-{body['session_id']}")
     assert session[-1][2]["message_id"] == body["message_id"]
     assert session[-1][2]["content"] == "are you there?"

@@ -14,9 +14,10 @@ import psycopg
 import pytest
 
 from services.core import events as ev
+from services.core import legacy_import
 from services.core.eventstore import StreamAppend, append_sync
 from tests.integration.test_replay import project_all, snapshot
-from workers import legacy_import, replay
+from workers import replay
 
 
 # The projector change this import needs (asked of the projector's owner): a user message

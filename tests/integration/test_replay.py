@@ -21,8 +21,8 @@ from services.core.eventstore import (
     append_sync,
     stream_info_sync,
 )
+from services.core.legacy_import import import_legacy
 from workers import replay, replay_fold
-from workers.legacy_import import import_legacy
 from workers.projector import PROJECTION, catch_up
 
 READ_MODEL_TABLES = replay.READ_MODEL.tables

@@ -1,5 +1,5 @@
-"""The write path end to end: HTTP command → event store → nudge (real Dramatiq Redis
-broker) → worker → read model."""
+"""The write path end to end: HTTP command → event store → wake-up (a Redis message after
+the commit) → the worker's followers → read model, and the assistant's reply."""
 
 from __future__ import annotations
 
@@ -8,13 +8,14 @@ import uuid
 from typing import Any
 
 import psycopg
+import redis
 import structlog.testing
 
 from services.core import events as ev
 from services.core.eventstore import StreamAppend, append_sync, stream_info_sync
 from services.core.settings import Settings
+from services.core.wakeup import wake_followers_sync
 from tests.integration.conftest import client, wait_until
-from workers.broker import make_broker, nudge_projector
 
 
 def _user(base: str) -> uuid.UUID:
@@ -61,17 +62,25 @@ def test_a_chat_posted_over_http_reaches_the_read_model(
                       (user, started["project_id"])).fetchone()
 
 
-def test_duplicate_nudges_leave_no_duplicate_rows(
+def test_duplicate_wakeups_leave_no_duplicate_rows_or_replies(
     command_url: str, settings: Settings, db: psycopg.Connection[Any]
 ) -> None:
     user = _user(command_url)
     session = _chat(command_url, user, "one")["session_id"]
     for i in range(5):
         _chat(command_url, user, f"more {i}", session_id=session)
-    broker = make_broker(settings)
-    for _ in range(50):
-        nudge_projector(broker)
+    with redis.Redis.from_url(settings.redis_url) as rds:
+        for _ in range(50):
+            wake_followers_sync(rds, settings)
     wait_until(lambda: len(_user_messages(db, session)) == 6)
+    # every message answered exactly once (the replies may come in any order)
+    wait_until(lambda: db.execute(
+        "SELECT count(*) FROM events WHERE stream_id = %s AND type = 'MessagePosted'"
+        " AND data->>'role' = 'assistant'", (f"session-{session}",)).fetchone() == (6,),
+        timeout=30)
+    assert db.execute(
+        "SELECT count(DISTINCT data->>'reply_to') FROM events WHERE stream_id = %s"
+        " AND data->>'role' = 'assistant'", (f"session-{session}",)).fetchone() == (6,)
     seqs = [r[0] for r in db.execute(
         "SELECT seq FROM chat_messages WHERE session_id = %s ORDER BY seq", (session,))]
     assert seqs == list(range(1, len(seqs) + 1))
@@ -79,10 +88,11 @@ def test_duplicate_nudges_leave_no_duplicate_rows(
                       " WHERE session_id = %s", (session,)).fetchone() == (True,)
 
 
-def test_an_event_whose_nudge_was_lost_still_converges_within_a_second(
-    command_url: str, database_url: str, db: psycopg.Connection[Any]
+def test_an_event_whose_wakeup_was_lost_still_converges_on_the_sweep(
+    command_url: str, database_url: str, db: psycopg.Connection[Any], settings: Settings
 ) -> None:
-    """Appended straight to the store, as if the process died between commit and enqueue."""
+    """Appended straight to the store with no wake-up, as if the process died right after
+    its commit: the followers' sweep finds it."""
     user = _user(command_url)
     session = _chat(command_url, user, "start")["session_id"]
     wait_until(lambda: _user_messages(db, session))
@@ -92,9 +102,10 @@ def test_an_event_whose_nudge_was_lost_still_converges_within_a_second(
         assert info is not None
         append_sync(conn, [StreamAppend(stream_id=stream, expected_version=info.version,
                                         events=[ev.SessionRenamed(session_id=uuid.UUID(session),
-                                                                  title="No nudge")])])
+                                                                  title="No wake-up")])])
     wait_until(lambda: db.execute("SELECT title FROM sessions WHERE session_id = %s",
-                                  (session,)).fetchone() == ("No nudge",), timeout=1.0)
+                                  (session,)).fetchone() == ("No wake-up",),
+               timeout=settings.projector_sweep_seconds + 10)
 
 
 def test_32_concurrent_posts_to_one_session_all_land_with_gapless_sequence_numbers(
