@@ -1,7 +1,8 @@
 """Redis (a private redis-server, no persistence) killed and restarted while users post
-chats to real service and worker processes: no committed message is lost, what needs Redis
-answers 503 quickly while it is down (never a hang, never a 500), and everything recovers
-without restarting the services."""
+chats to real service and worker processes: no committed message is lost, posting needs no
+Redis (the event store is the hand-off), what does need it (live streams) answers 503 quickly
+while it is down (never a hang, never a 500), and everything recovers without restarting
+the services."""
 
 from __future__ import annotations
 
@@ -76,13 +77,13 @@ def _timed(call: Callable[[], httpx.Response]) -> tuple[httpx.Response, float]:
     return response, time.monotonic() - started
 
 
-def test_a_redis_restart_loses_no_message_answers_503_meanwhile_and_recovers(
+def test_a_redis_restart_loses_no_message_and_every_message_is_answered_after(
     make_database: Callable[[], str], tmp_path: Path
 ) -> None:
     url = make_database()
     with redis_server(tmp_path) as redis, system(
         url, redis.url, tmp_path, llm_offline_delay_seconds="0",
-        reply_request_grace_seconds="2", reply_recovery_sweep_seconds="0.2",
+        reply_recovery_sweep_seconds="0.2", projector_sweep_seconds="1",
         sse_heartbeat_seconds="1",
     ) as sys_, psycopg.connect(url, autocommit=True) as db:
         sys_.service("command")
@@ -105,13 +106,12 @@ def test_a_redis_restart_loses_no_message_answers_503_meanwhile_and_recovers(
                        if s == 202 and db.execute(
                            "SELECT user_id::text FROM sessions WHERE session_id = %s",
                            (b["session_id"],)).fetchone() == (users[0],))
-            # what needs Redis while it is down: 503, quickly
+            # a post needs no Redis: stored, and answered once Redis is back
             posted, took = _timed(lambda: httpx.post(
                 f"{sys_.command_url}/api/v1/chat", json={"text": "while down"},
                 headers={**headers, "Accept": "application/json"}, timeout=BOUND_SECONDS * 2))
-            assert posted.status_code == 503 and took < BOUND_SECONDS, (posted.text, took)
-            assert posted.json()["error"] == "assistant_unavailable"
-            assert posted.json()["message_id"]  # stored: the ids say where
+            assert posted.status_code == 202 and took < BOUND_SECONDS, (posted.text, took)
+            # what needs Redis while it is down (the live reply): 503, quickly
             streamed, took = _timed(lambda: httpx.post(
                 f"{sys_.command_url}/api/v1/chat", json={"text": "streamed while down"},
                 headers=headers, timeout=BOUND_SECONDS * 2))
@@ -132,18 +132,17 @@ def test_a_redis_restart_loses_no_message_answers_503_meanwhile_and_recovers(
             time.sleep(2)
         assert load.errors == []
         statuses = {s for _, s, _, _ in load.results}
-        assert statuses == {202, 503}, statuses  # the load did meet Redis down
+        assert statuses == {202}, statuses
+        # the load did meet Redis down
+        assert any(down_at < at < up_at for at, *_ in load.results)
         assert max(took for *_, took in load.results) < BOUND_SECONDS
-        for _, status, body, _ in load.results:
-            if status == 503:
-                assert body["error"] in {"assistant_unavailable", "redis_unavailable"}, body
-        # every message a client was told about (202, or 503 with its ids) is stored ...
+        # every message a client was told about is stored ...
         told = {b["message_id"] for _, _, b, _ in load.results if "message_id" in b}
         told.add(posted.json()["message_id"])
         assert told <= stored_message_ids(db)
-        # ... projected, and answered: requests Redis lost are asked for again
+        # ... projected, and answered: the dispatcher asks for them once Redis is back
         wait_until(lambda: stored_message_ids(db) <= projected_message_ids(db), timeout=20)
-        wait_until(lambda: not unanswered(db), timeout=30)
+        wait_until(lambda: not unanswered(db), timeout=90)  # hundreds, on a loaded machine
         # the live stream works again, without a restart of the services
         again = httpx.post(f"{sys_.command_url}/api/v1/chat",
                            json={"text": "after", "session_id": own["session_id"]},

@@ -162,13 +162,12 @@ def test_a_reply_whose_worker_is_killed_is_recorded_as_failed_and_the_client_tol
     assert_event_store_consistent(fresh_db)
 
 
-def test_a_user_message_whose_reply_request_was_lost_is_answered(
+def test_a_user_message_stored_while_no_worker_ran_and_no_wakeup_came_is_answered_once(
     fresh_db: psycopg.Connection[Any], redis_url: str, tmp_path: Path
 ) -> None:
-    """As if Redis dropped the request between the command's commit and its enqueue: the
-    message is in the store, no reply was ever asked for."""
-    with system(_url(fresh_db), redis_url, tmp_path, llm_offline_delay_seconds="0",
-                reply_request_grace_seconds="1", reply_recovery_sweep_seconds="0.2") as sys_:
+    """As if the command service died right after its commit: the message is in the store,
+    nobody was woken. The store is the request: a worker started later answers it."""
+    with system(_url(fresh_db), redis_url, tmp_path, llm_offline_delay_seconds="0") as sys_:
         sys_.service("command")
         user = _user(sys_)
         sid, mid = uuid.uuid4(), uuid.uuid4()
@@ -187,9 +186,12 @@ def test_a_user_message_whose_reply_request_was_lost_is_answered(
                                                   user_id=uuid.UUID(user), role="user",
                                                   content="I want to write a ghost story",
                                                   turn_id=uuid.uuid4())]),
-            ], {"user_id": user, "request_id": "lost-enqueue"})
+            ], {"user_id": user, "request_id": "lost-wakeup"})
         sys_.worker()
         (reply,) = wait_until(lambda: _replies(fresh_db, str(mid)), timeout=20)
         assert "ghost story" in reply[0]
-        time.sleep(1.5)  # a few more sweeps: asked once, answered once
+        for _ in range(3):  # more wake-ups: asked once, answered once
+            httpx.post(f"{sys_.command_url}/api/v1/users", json={"display_name": "x"},
+                       timeout=10)
+        time.sleep(1.5)
         assert len(_replies(fresh_db, str(mid))) == 1
