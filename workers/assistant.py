@@ -31,9 +31,9 @@ from services.core.eventstore import (
     read_stream_sync,
     stream_info_sync,
 )
-from services.core.live import LiveWriter, clear_stop, stop_requested
 from services.core.metrics import observe_reply
 from services.core.wakeup import wake_followers_sync
+from workers.live_writer import LiveWriter, clear_stop, stop_requested
 from workers.providers import ChatMessage, Provider, ProviderError, make_provider
 from workers.reply_lease import reply_lease
 from workers.runtime import WorkerRuntime

@@ -34,10 +34,11 @@ from services.core.events import (
     user_stream,
 )
 from services.core.eventstore import StreamAppend
-from services.core.live import StreamLease, sse_response, sse_stream
 from services.core.settings import Settings
 from services.core.wakeup import Wake
 from services.http.errors import ApiError
+from services.http.sse import sse_response, sse_stream
+from services.http.stream_leases import StreamLease
 
 log = structlog.get_logger("command.chat")
 

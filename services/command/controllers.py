@@ -15,11 +15,12 @@ from psycopg_pool import AsyncConnectionPool
 
 from services.command import chat, legacy, sessions, users
 from services.command.auth import Caller, verified
-from services.core.live import SseEvent, StreamLease, live_redis
 from services.core.settings import Settings
 from services.core.wakeup import Wake
 from services.http.context import RequestIds
 from services.http.errors import ApiError, error_responses
+from services.http.sse import SseEvent, live_redis
+from services.http.stream_leases import StreamLease
 
 EVENT_STREAM = "text/event-stream"
 JSON = "application/json"

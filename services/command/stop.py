@@ -20,9 +20,9 @@ from psycopg_pool import AsyncConnectionPool
 from services.command.auth import Caller
 from services.command.store import owned_stream_version
 from services.core.events import session_stream
-from services.core.live import live_redis, request_stop
 from services.core.settings import Settings
 from services.http.errors import error_responses
+from services.http.sse import live_redis, request_stop
 
 log = structlog.get_logger("command.stop")
 

@@ -1,6 +1,6 @@
 """GET /api/v1/sessions/{id}/stream: the session's live reply as Server-Sent Events.
 
-The events come from services/core/live.py (a Redis Stream per session), so this handler
+The events come from services/http/sse.py (a Redis Stream per session), so this handler
 only checks who may listen: the caller must be a known user and own the session, read under
 RLS as the query role like every other query route (another user's session is the same 404
 as a missing one), and may hold at most settings.max_streams_per_user streams at once,
@@ -25,10 +25,11 @@ from litestar.response import ServerSentEvent
 from psycopg_pool import AsyncConnectionPool
 
 from services.core.db import SET_USER
-from services.core.live import SseEvent, StreamLease, live_redis, sse_response, sse_stream
 from services.core.settings import Settings
 from services.http.auth import USER_HEADER, parse_user_id, unknown_user
 from services.http.errors import ApiError, error_responses
+from services.http.sse import SseEvent, live_redis, sse_response, sse_stream
+from services.http.stream_leases import StreamLease
 from services.query.consistency import MIN_POSITION_HEADER, parse_min_position, wait_for_position
 from services.query.messages import parse_session_id
 from services.query.users import fetch_user

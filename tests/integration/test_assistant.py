@@ -15,7 +15,7 @@ import pytest
 from services.command.app import create_app as create_command_app
 from services.core import events as ev
 from services.core.eventstore import StreamAppend, append_sync, read_stream_sync, stream_info_sync
-from services.core.live import live_key, stop_key
+from services.core.livewire import live_key, stop_key
 from services.core.settings import Settings
 from tests.integration import seed
 from tests.integration.conftest import client, wait_until

@@ -22,8 +22,9 @@ from httpx_sse import ServerSentEvent, connect_sse
 
 from services.core import events as ev
 from services.core.eventstore import StreamAppend, append_sync, read_stream_sync
-from services.core.live import relay, streams_key
 from services.core.settings import Settings
+from services.http.sse import relay
+from services.http.stream_leases import streams_key
 from services.query.app import create_app
 from tests.integration import seed
 from tests.integration.conftest import wait_until

@@ -9,48 +9,10 @@ AssistantReplyFailed.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, Literal, Protocol, TypedDict
-
-import msgspec
-
 from services.core.settings import Settings
+from workers.providers.base import ChatMessage, Chunk, Provider, ProviderError
 
-
-class ChatMessage(TypedDict):
-    role: Literal["system", "user", "assistant"]
-    content: str
-
-
-class Chunk(msgspec.Struct, frozen=True, kw_only=True):
-    """One piece of a streamed reply. Every field is optional: a chunk may carry only text,
-    only the finish reason, or only the usage (OpenAI sends usage in a last, choice-less one)."""
-
-    text: str = ""
-    finish_reason: str | None = None
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-
-
-class ProviderError(Exception):
-    """The provider failed: `code` is stable and machine-readable (it reaches clients)."""
-
-    def __init__(self, code: str, detail: str) -> None:
-        super().__init__(f"{code}: {detail}")
-        self.code = code
-        self.detail = detail
-
-
-class Provider(Protocol):
-    name: str
-    model: str
-    # Merged into the stored message's metadata (the offline one says it is a stand-in).
-    extra_metadata: Mapping[str, Any]
-
-    def stream(self, messages: Sequence[ChatMessage]) -> Iterator[Chunk]:
-        """Yields the reply as it is produced. Closing the iterator early (a stop) must
-        release whatever the provider holds (an HTTP response, ...)."""
-        ...
+__all__ = ["ChatMessage", "Chunk", "Provider", "ProviderError", "make_provider"]
 
 
 def make_provider(settings: Settings) -> Provider:

@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from workers.providers import ChatMessage, Chunk
+from workers.providers.base import ChatMessage, Chunk
 
 OFFLINE_MODEL = "offline-echo-1"
 DEFAULT_DELAY_SECONDS = 0.03  # per delta; tests pass 0 (or more, to stop mid-reply)

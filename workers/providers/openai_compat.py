@@ -18,7 +18,7 @@ import httpx
 import msgspec
 
 from services.core.settings import Settings
-from workers.providers import ChatMessage, Chunk, ProviderError
+from workers.providers.base import ChatMessage, Chunk, ProviderError
 
 _MAX_ERROR_BODY = 500  # characters of an error response kept for the logs and the event
 

@@ -1,45 +1,40 @@
-"""The live reply relay: assistant deltas travel to SSE clients through one Redis Stream per
-session, shared by the query service's GET .../stream and the command service's POST /chat.
-
-Why a Redis Stream: every entry has an id that is also the SSE event id, so a client that
-reconnects with Last-Event-ID gets exactly what it missed, any number of clients (and
-service instances) read the same reply, and the writer never waits for readers. Length is
-bounded (XADD MAXLEN ~) and the key expires (EXPIRE refreshed on each write).
-
-Entries: `type` (started | delta | message | done | error), `reply` (the user message id the
-reply answers, so readers can tell concurrent replies in one session apart) and `data` (the
-SSE data, JSON). `started` is an internal marker, never sent to clients; its id is also kept
-in `{prefix}live:{session}:latest` so a reader without Last-Event-ID starts at the beginning
-of the latest reply. Every key here starts with settings.redis_prefix.
-"""
+"""The live reply relay's reader and the SSE responses built on it, shared by the query
+service's GET .../stream and the command service's streamed POST /chat. The format is
+services/core/livewire.py's; the writer is the assistant's (workers/live_writer.py)."""
 
 from __future__ import annotations
 
 import json
 import re
-import secrets
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from contextlib import aclosing
 from typing import Any
 
 import anyio
 import msgspec
-import redis
 import redis.asyncio as aioredis
 import structlog
 from litestar.response import ServerSentEvent
 from litestar.response.sse import ServerSentEventMessage
 
+from services.core.livewire import (
+    ERROR,
+    FINAL,
+    STARTED,
+    STOP_TTL_SECONDS,
+    latest_key,
+    live_key,
+    stop_key,
+    text,
+)
 from services.core.metrics import SSE_CONNECTIONS
 from services.core.settings import Settings
+from services.http.stream_leases import StreamLease
 
 log = structlog.get_logger("live")
 
-STARTED, DELTA, MESSAGE, DONE, ERROR = "started", "delta", "message", "done", "error"
-_FINAL = frozenset({DONE, ERROR})
-STOP_TTL_SECONDS = 30  # a stop is for the reply being written now, not one hours later
 _STREAM_ID = re.compile(r"^\d+-\d+$")
 _MAX_SEQ = 2**64 - 1
 _READ_COUNT = 256
@@ -48,108 +43,11 @@ _READ_COUNT = 256
 # a heartbeat, 15 s) then killed the stream mid-response (found by bench/soak.py).
 _MAX_BLOCK_SECONDS = 2.0
 
-# XADD + EXPIRE + (SET latest | EXPIRE latest) in one step: a reader never sees a reply's
-# `started` entry without `latest` pointing at it, and the two keys expire together.
-_APPEND_LUA = """
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
-                      'type', ARGV[3], 'reply', ARGV[4], 'data', ARGV[5])
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-if ARGV[6] == '1' then
-    redis.call('SET', KEYS[2], id, 'EX', ARGV[2])
-else
-    redis.call('EXPIRE', KEYS[2], ARGV[2])
-end
-return id
-"""
-
-
-def live_key(settings: Settings, session_id: uuid.UUID | str) -> str:
-    return f"{settings.redis_prefix}live:{session_id}"
-
-
-def latest_key(settings: Settings, session_id: uuid.UUID | str) -> str:
-    return f"{settings.redis_prefix}live:{session_id}:latest"
-
-
-def stop_key(settings: Settings, session_id: uuid.UUID | str) -> str:
-    return f"{settings.redis_prefix}stop:{session_id}"
-
-
-def streams_key(settings: Settings, user_id: uuid.UUID | str) -> str:
-    return f"{settings.redis_prefix}streams:{user_id}"
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-# The writer (sync: the assistant runs in worker threads) ---------------------------------
-
-
-class LiveWriter:
-    """Writes one reply's entries. Call reply_started first; every later entry carries the
-    same `reply` so readers can follow this reply alone."""
-
-    def __init__(
-        self,
-        client: redis.Redis,
-        settings: Settings,
-        session_id: uuid.UUID,
-        reply_to: uuid.UUID | None = None,  # to end a reply another writer started
-    ) -> None:
-        self._settings = settings
-        self._keys = [live_key(settings, session_id), latest_key(settings, session_id)]
-        self._append = client.register_script(_APPEND_LUA)
-        self._reply = str(reply_to) if reply_to is not None else ""
-
-    def _write(self, kind: str, data: Mapping[str, Any], *, start: bool = False) -> str:
-        s = self._settings
-        entry_id = self._append(
-            keys=self._keys,
-            args=[
-                s.live_stream_maxlen,
-                s.live_stream_ttl_seconds,
-                kind,
-                self._reply,
-                json.dumps(data, default=str),
-                "1" if start else "0",
-            ],
-        )
-        return _text(entry_id)
-
-    def reply_started(self, turn_id: uuid.UUID | None, reply_to: uuid.UUID) -> str:
-        self._reply = str(reply_to)
-        data = {"turn_id": turn_id and str(turn_id), "reply_to": self._reply}
-        return self._write(STARTED, data, start=True)
-
-    def delta(self, text: str) -> str:
-        return self._write(DELTA, {"text": text})
-
-    def message(self, message: Mapping[str, Any]) -> str:
-        return self._write(MESSAGE, message)
-
-    def done(self, **info: Any) -> str:
-        return self._write(DONE, {"reply_to": self._reply, **info})
-
-    def error(self, code: str, detail: str) -> str:
-        return self._write(ERROR, {"error": code, "detail": detail, "reply_to": self._reply})
-
-
-def stop_requested(client: redis.Redis, settings: Settings, session_id: uuid.UUID) -> bool:
-    return bool(client.exists(stop_key(settings, session_id)))
-
-
-def clear_stop(client: redis.Redis, settings: Settings, session_id: uuid.UUID) -> None:
-    client.delete(stop_key(settings, session_id))
-
 
 async def request_stop(client: aioredis.Redis, settings: Settings, session_id: uuid.UUID) -> None:
     """Asks the reply being written in the session to stop. The assistant clears the key
     when it starts a reply, so a stop sent while nothing runs cannot cut the next one short."""
     await client.set(stop_key(settings, session_id), "1", ex=STOP_TTL_SECONDS)
-
-
-# The reader (async: the HTTP services) -------------------------------------------------
 
 
 def _before(entry_id: str) -> str:
@@ -175,7 +73,7 @@ def _entries(response: Any) -> list[tuple[str, dict[str, str]]]:
     out: list[tuple[str, dict[str, str]]] = []
     for entries in streams:
         for entry_id, fields in entries:
-            out.append((_text(entry_id), {_text(k): _text(v) for k, v in fields.items()}))
+            out.append((text(entry_id), {text(k): text(v) for k, v in fields.items()}))
     return out
 
 
@@ -202,15 +100,15 @@ async def _start(
             live_key(settings, session_id), last_event_id, last_event_id, count=1
         )
         if rows:
-            fields = {_text(k): _text(v) for k, v in (rows[0][1] or {}).items()}
-            if fields.get("type") in _FINAL:
+            fields = {text(k): text(v) for k, v in (rows[0][1] or {}).items()}
+            if fields.get("type") in FINAL:
                 return _Cursor(last_event_id, reply_to, following=False)
             return _Cursor(last_event_id, reply_to or fields.get("reply"), following=True)
         return _Cursor(last_event_id, reply_to, following=reply_to is None)
     latest = await client.get(latest_key(settings, session_id))
     # No latest reply: the stream is empty or expired with it (they expire together), so
     # reading from the very beginning catches the next reply's `started` without a race.
-    start = _before(_text(latest)) if latest else "0-0"
+    start = _before(text(latest)) if latest else "0-0"
     return _Cursor(start, reply_to, following=False)
 
 
@@ -286,56 +184,10 @@ async def relay(
                     continue  # another reply written concurrently in the same session
                 yield ServerSentEventMessage(event=kind, id=entry_id, data=fields.get("data"))
                 last_sent = time.monotonic()
-                if kind in _FINAL:
+                if kind in FINAL:
                     return
     finally:
         log.debug("live_relay_closed", session_id=sid, position=cursor.position)
-
-
-# Per-user cap on concurrent streams ---------------------------------------------------
-
-
-class StreamLease:
-    """One open stream of a user, counted in Redis so the cap holds across every service
-    instance (and both services). Each lease is a member of a sorted set scored by its
-    expiry: a process that dies without releasing frees its slots when the lease runs out,
-    and live streams renew theirs while they run (at least once per heartbeat)."""
-
-    def __init__(self, client: aioredis.Redis, key: str, token: str, seconds: float) -> None:
-        self._client, self._key, self._token, self._seconds = client, key, token, seconds
-        self._renewed = time.monotonic()
-
-    @classmethod
-    async def acquire(
-        cls, client: aioredis.Redis, settings: Settings, user_id: uuid.UUID
-    ) -> StreamLease | None:
-        """A lease, or None when the user already has settings.max_streams_per_user."""
-        key = streams_key(settings, user_id)
-        seconds = 3 * settings.sse_heartbeat_seconds + 10
-        token = secrets.token_hex(8)
-        now = time.time()
-        async with client.pipeline(transaction=True) as pipe:
-            pipe.zremrangebyscore(key, "-inf", now)
-            pipe.zadd(key, {token: now + seconds})
-            pipe.zcard(key)
-            pipe.expire(key, int(seconds) + 1)
-            _, _, count, _ = await pipe.execute()
-        if count > settings.max_streams_per_user:
-            await client.zrem(key, token)
-            return None
-        return cls(client, key, token, seconds)
-
-    async def renew(self) -> None:
-        if time.monotonic() - self._renewed < self._seconds / 3:
-            return
-        self._renewed = time.monotonic()
-        async with self._client.pipeline(transaction=True) as pipe:
-            pipe.zadd(self._key, {self._token: time.time() + self._seconds}, xx=True)
-            pipe.expire(self._key, int(self._seconds) + 1)
-            await pipe.execute()
-
-    async def release(self) -> None:
-        await self._client.zrem(self._key, self._token)
 
 
 async def sse_stream(
