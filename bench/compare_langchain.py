@@ -5,8 +5,8 @@ PostgresChatMessageHistory, in one throwaway database on the same server.
     transaction, from WRITERS writer processes (multiprocessing, spawn), the sessions dealt
     round-robin to the writers and posted to in turn.
     - ours: the command path: services.command.chat.post_chat, the function the
-      POST /api/v1/chat handler calls (after authenticate, as its dependency does), with a
-      StubBroker for the nudges and reply requests; the first message of each session starts
+      POST /api/v1/chat handler calls (after authenticate, as its dependency does), with the
+      wake-up it sends after each commit (a Redis PUBLISH); the first message of each session starts
       it (and its project). A projector process runs workers.projector.catch_up in a loop
       (what the worker's actor and sweep call) and the clock stops when the read model has
       caught up with the last message.
@@ -30,12 +30,13 @@ import uuid
 from typing import Any
 
 import psycopg
-from dramatiq.brokers.stub import StubBroker
 from langchain_core.messages import HumanMessage
 from langchain_postgres import PostgresChatMessageHistory
 from psycopg.rows import class_row
+from redis import asyncio as aioredis
 
 from bench.common import (
+    REDIS_URL,
     cli,
     finish,
     print_table,
@@ -53,9 +54,9 @@ from services.core.events import MessagePosted, UserRegistered, session_stream, 
 from services.core.eventstore import StreamAppend, append_sync
 from services.core.logging import configure_logging
 from services.core.settings import Settings
+from services.core.wakeup import Wake
 from services.http.context import RequestIds
 from services.query.messages import PAGE_BY_KEYSET, Message
-from workers.broker import ASSISTANT_QUEUE, PROJECTOR_QUEUE
 from workers.projector import catch_up
 
 NAME = "compare_langchain"
@@ -79,19 +80,14 @@ def _text(n: int) -> str:
 # (a) the write path ----------------------------------------------------------------------
 
 
-def _stub_broker() -> StubBroker:
-    broker = StubBroker()
-    broker.declare_queue(PROJECTOR_QUEUE)
-    broker.declare_queue(ASSISTANT_QUEUE)
-    return broker
-
-
 async def _post_ours(
     url: str, plan: list[tuple[int, uuid.UUID]], per_session: int, start_at: float
 ) -> dict[str, Any]:
-    settings = Settings.from_env({}, database_url=url, log_json=False)
+    settings = Settings.from_env({}, database_url=url, redis_url=REDIS_URL, log_json=False,
+                                 redis_prefix=f"bench-langchain-{uuid.uuid4().hex[:8]}:")
     configure_logging("WARNING")  # the handler logs every message at INFO
-    broker = _stub_broker()
+    redis = aioredis.Redis.from_url(REDIS_URL)
+    wake = Wake(redis, settings)
     pool = await open_async_pool(url, min_size=1, max_size=1)
     sessions: dict[int, uuid.UUID] = {}
     latencies: list[float] = []
@@ -106,7 +102,7 @@ async def _post_ours(
                 )
                 accepted = await post_chat(
                     pool,
-                    broker,
+                    wake,
                     settings,
                     caller,
                     PostChat(text=_text(n), session_id=sessions.get(index)),
@@ -115,7 +111,7 @@ async def _post_ours(
                 sessions[index] = accepted.session_id
     finally:
         await pool.close()
-        broker.close()
+        await redis.aclose()
     return {"latencies": latencies, "ended": time.time()}
 
 

@@ -9,7 +9,8 @@ a throwaway database and a Redis key prefix of their own.
    (Accept: application/json), then its stream_url on the query service; the time from
    sending the POST to the first `delta` event, beside the provider's own first_token_ms
    (from the stored reply's metadata, carried by the `message` event). The difference is
-   what the system adds: the commit, the enqueue, the worker picking the job, reading the
+   what the system adds: the commit, the wake-up, the dispatcher reading the event and
+   enqueueing the job, the worker picking the job, reading the
    session, and the Redis relay to the SSE client.
 2. Steady rate: RATE chats/s for SECONDS s from an asyncio httpx client (each request sent
    on schedule, whatever the earlier ones are doing) over USERS users, each starting up to

@@ -1,1 +1,1 @@
-"""The command service: the HTTP write API. Validates, appends events, nudges the workers."""
+"""The command service: the HTTP write API. Validates, appends events, wakes the workers."""

@@ -2,7 +2,7 @@
 batch and in the middle of an assistant reply: after a restart the read model is complete
 without duplicates, and the interrupted reply is recorded as failed (AssistantReplyFailed,
 and an `error` event for the client following it) within seconds, not after Dramatiq's
-minute-long redelivery. A reply request lost before it was enqueued is asked for again."""
+minute-long redelivery. A message stored with no wake-up sent is answered anyway."""
 
 from __future__ import annotations
 
