@@ -16,7 +16,6 @@ import contextlib
 import datetime as dt
 import time
 import uuid
-from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -25,7 +24,6 @@ import structlog
 from services.core.events import AssistantReplyFailed, Event, MessagePosted, session_stream
 from services.core.eventstore import (
     ConcurrencyError,
-    RecordedEvent,
     StreamAppend,
     append_sync,
     read_stream_sync,
@@ -34,30 +32,15 @@ from services.core.eventstore import (
 from services.core.metrics import observe_reply
 from services.core.wakeup import wake_followers_sync
 from workers.live_writer import LiveWriter, clear_stop, stop_requested
-from workers.providers import ChatMessage, Provider, ProviderError, make_provider
+from workers.providers import Provider, ProviderError, make_provider
 from workers.reply_lease import reply_lease
+from workers.reply_plan import Plan, answered, read_plan, request_ids
 from workers.runtime import WorkerRuntime
 
 log = structlog.get_logger("assistant")
 
-SYSTEM_PROMPT = (
-    "You are a creative writing assistant. Help the user plan and write their story: "
-    "be concrete, encouraging and brief, and end with a question that moves the work on."
-)
 APPEND_ATTEMPTS = 5  # the session stream moves on only when its owner writes: rarely
 SELECT_RECORDED_AT = "SELECT recorded_at FROM events WHERE position = %s"
-
-
-class _Plan(msgspec.Struct, kw_only=True):
-    """What answering needs, read from the session's events."""
-
-    session_id: uuid.UUID
-    reply_to: uuid.UUID
-    turn_id: uuid.UUID | None
-    owner_id: uuid.UUID
-    version: int  # the stream version seen; the append expects it (or a re-read newer one)
-    context: list[ChatMessage]
-    event_metadata: dict[str, Any]
 
 
 class _Outcome(msgspec.Struct, kw_only=True):
@@ -91,7 +74,7 @@ def record_interrupted(
     """Ends a reply another worker started and could not finish: `error` on the live
     stream and AssistantReplyFailed. False when it was answered (or failed) after all."""
     with structlog.contextvars.bound_contextvars(session_id=str(sid), message_id=str(mid)):
-        plan = _plan(runtime, sid, mid)
+        plan = read_plan(runtime, sid, mid)
         if plan is None:
             return False
         writer = LiveWriter(runtime.redis, runtime.settings, sid, reply_to=mid)
@@ -113,11 +96,11 @@ def _answer(
         structlog.contextvars.bound_contextvars(session_id=session_id, message_id=message_id),
         contextlib.ExitStack() as bound,
     ):
-        plan = _plan(runtime, sid, mid)
+        plan = read_plan(runtime, sid, mid)
         if plan is None:
             return
         # every line from here on carries the ids of the HTTP request that asked
-        bound.enter_context(structlog.contextvars.bound_contextvars(**_request_ids(plan)))
+        bound.enter_context(structlog.contextvars.bound_contextvars(**request_ids(plan)))
         writer = LiveWriter(runtime.redis, runtime.settings, sid)
         clear_stop(runtime.redis, runtime.settings, sid)  # a stale stop must not cut this one
         writer.reply_started(plan.turn_id, mid)
@@ -147,7 +130,7 @@ def _answer(
 
 
 def _reply(
-    runtime: WorkerRuntime, provider: Provider, plan: _Plan, writer: LiveWriter, started: float
+    runtime: WorkerRuntime, provider: Provider, plan: Plan, writer: LiveWriter, started: float
 ) -> None:
     names = (provider.name, provider.model)
     log.info("reply_started", provider=provider.name, model=provider.model)
@@ -167,83 +150,12 @@ def _reply(
     _store(runtime, writer, plan, provider, outcome)
 
 
-def _plan(runtime: WorkerRuntime, sid: uuid.UUID, mid: uuid.UUID) -> _Plan | None:
-    stream_id = session_stream(sid)
-    with runtime.pool.connection() as conn:
-        info = stream_info_sync(conn, stream_id)
-        events = read_stream_sync(conn, stream_id) if info and not info.deleted else []
-    if info is None or info.deleted:
-        log.info("reply_skipped", reason="session_missing_or_deleted")
-        return None
-    if _answered(events, mid):
-        log.info("reply_skipped", reason="already_answered")
-        return None
-    question = next(
-        (r for r in events if isinstance(r.event, MessagePosted) and r.event.message_id == mid),
-        None,
-    )
-    if question is None or not isinstance(question.event, MessagePosted):
-        log.warning("reply_skipped", reason="message_not_found")
-        return None
-    if question.event.role != "user":
-        log.warning("reply_skipped", reason="not_a_user_message")
-        return None
-    return _Plan(
-        session_id=sid,
-        reply_to=mid,
-        turn_id=question.event.turn_id,
-        owner_id=info.owner_id or question.event.user_id,
-        version=info.version,
-        context=_context(events, question.version, runtime.settings.llm_context_messages),
-        event_metadata=_event_metadata(question, mid, info.owner_id or question.event.user_id),
-    )
-
-
-def _answered(events: Sequence[RecordedEvent], mid: uuid.UUID) -> bool:
-    for recorded in events:
-        e = recorded.event
-        if isinstance(e, MessagePosted) and e.role == "assistant" and e.reply_to == mid:
-            return True
-        if isinstance(e, AssistantReplyFailed) and e.reply_to == mid:
-            return True
-    return False
-
-
-def _context(events: Sequence[RecordedEvent], upto: int, limit: int) -> list[ChatMessage]:
-    """The conversation up to the question (later messages are not its context), last
-    `limit` messages, after a system prompt. Purged (redacted) messages are left out."""
-    history: list[ChatMessage] = []
-    for recorded in events:
-        e = recorded.event
-        if recorded.version > upto:
-            break
-        if isinstance(e, MessagePosted) and not e.redacted and e.content:
-            history.append({"role": e.role, "content": e.content})
-    recent = history[-limit:] if limit > 0 else history
-    return [{"role": "system", "content": SYSTEM_PROMPT}, *recent]
-
-
-def _event_metadata(question: RecordedEvent, mid: uuid.UUID, owner_id: uuid.UUID) -> dict[str, Any]:
-    """The reply is caused by the question and shares its correlation (and request) id."""
-    meta: dict[str, Any] = {"user_id": str(owner_id), "causation_id": str(question.position)}
-    for key in ("correlation_id", "request_id"):
-        if key in question.metadata:
-            meta[key] = question.metadata[key]
-    meta.setdefault("correlation_id", str(mid))
-    return meta
-
-
-def _request_ids(plan: _Plan) -> dict[str, Any]:
-    return {k: plan.event_metadata[k] for k in ("request_id", "correlation_id")
-            if plan.event_metadata.get(k) is not None}
-
-
 def _ms(since: float) -> int:
     return int((time.monotonic() - since) * 1000)
 
 
 def _generate(
-    runtime: WorkerRuntime, provider: Provider, plan: _Plan, writer: LiveWriter, started: float
+    runtime: WorkerRuntime, provider: Provider, plan: Plan, writer: LiveWriter, started: float
 ) -> _Outcome:
     parts: list[str] = []
     finish: str | None = None
@@ -288,7 +200,7 @@ class _Stored(msgspec.Struct, frozen=True):
     recorded_at: dt.datetime
 
 
-def _append(runtime: WorkerRuntime, plan: _Plan, event: Event) -> _Stored | str:
+def _append(runtime: WorkerRuntime, plan: Plan, event: Event) -> _Stored | str:
     """Appends at the stream's current version, re-reading on a concurrent append. Returns
     where it was stored, or why nothing was appended ("deleted" / "answered")."""
     stream_id = session_stream(plan.session_id)
@@ -299,7 +211,7 @@ def _append(runtime: WorkerRuntime, plan: _Plan, event: Event) -> _Stored | str:
                 if info is None or info.deleted:
                     return "deleted"
                 if info.version != plan.version:
-                    if _answered(read_stream_sync(conn, stream_id, plan.version), plan.reply_to):
+                    if answered(read_stream_sync(conn, stream_id, plan.version), plan.reply_to):
                         return "answered"  # a duplicate delivery got there first
                     plan.version = info.version
                 stream = StreamAppend(
@@ -315,7 +227,7 @@ def _append(runtime: WorkerRuntime, plan: _Plan, event: Event) -> _Stored | str:
 
 
 def _store(
-    runtime: WorkerRuntime, writer: LiveWriter, plan: _Plan, provider: Provider, out: _Outcome
+    runtime: WorkerRuntime, writer: LiveWriter, plan: Plan, provider: Provider, out: _Outcome
 ) -> None:
     metadata: dict[str, Any] = {
         "provider": provider.name,
@@ -382,7 +294,7 @@ def _live(write: Any, code: str, detail: str) -> None:
 def _fail(
     runtime: WorkerRuntime,
     writer: LiveWriter,
-    plan: _Plan,
+    plan: Plan,
     names: tuple[str, str],
     code: str,
     detail: str,

@@ -19,9 +19,10 @@ from services.core.livewire import live_key, stop_key
 from services.core.settings import Settings
 from tests.integration import seed
 from tests.integration.conftest import client, wait_until
-from workers.assistant import SYSTEM_PROMPT, answer
+from workers.assistant import answer
 from workers.providers import ChatMessage, Chunk, ProviderError
 from workers.providers.offline import OfflineProvider, compose_reply
+from workers.reply_plan import SYSTEM_PROMPT
 from workers.runtime import WorkerRuntime
 
 
