@@ -47,9 +47,14 @@ def _replay(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _import_legacy(settings: Settings, _args: argparse.Namespace) -> int:
+    import redis
+
     from services.core.legacy_import import import_legacy
+    from services.core.wakeup import wake_followers_sync
 
     print(import_legacy(settings.database_url))
+    with redis.Redis.from_url(settings.redis_url, socket_timeout=2) as client:
+        wake_followers_sync(client, settings)  # the projector applies the import now
     return 0
 
 

@@ -12,7 +12,7 @@ them (at least once) and the handler makes them idempotent.
 When it runs: on a wake-up (services/core/wakeup.py, a Redis message sent after every append's
 commit), and on a slow sweep that covers a lost wake-up. An event whose transaction committed
 while an older one was still running sits above the horizon for a moment: the loop then looks
-again shortly instead of waiting for the next wake-up.
+again shortly (every 250 ms at most) until it is through, instead of waiting for the sweep.
 """
 
 from __future__ import annotations
@@ -39,7 +39,9 @@ from services.core.wakeup import channel
 
 log = structlog.get_logger("follower")
 
-# Committed events the horizon still holds back (an older transaction is running).
+# Committed events the horizon still holds back (an older transaction is running). The
+# transaction holding it may be one that sends no wake-up when it ends (another follower's),
+# so the loop looks again on this schedule, the last pause repeating, for as long as it lasts.
 HELD_BACK = "SELECT EXISTS (SELECT 1 FROM events WHERE txid >= event_read_horizon())"
 HELD_BACK_RETRY_SECONDS = (0.005, 0.02, 0.05, 0.1, 0.25)
 
@@ -120,8 +122,9 @@ class FollowerThread(threading.Thread):
             except Exception:  # keep following: the database may be back next time
                 log.exception("follow_failed", follower=self.follower.name)
                 again = False
-            if again and retry < len(HELD_BACK_RETRY_SECONDS):
-                pause, retry = HELD_BACK_RETRY_SECONDS[retry], retry + 1
+            if again:
+                pause = HELD_BACK_RETRY_SECONDS[min(retry, len(HELD_BACK_RETRY_SECONDS) - 1)]
+                retry += 1
             else:
                 pause, retry = self.sweep_seconds, 0
             if self.news.wait(pause):
