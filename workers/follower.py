@@ -39,10 +39,20 @@ from services.core.wakeup import channel
 
 log = structlog.get_logger("follower")
 
-# Committed events the horizon still holds back (an older transaction is running). The
-# transaction holding it may be one that sends no wake-up when it ends (another follower's),
-# so the loop looks again on this schedule, the last pause repeating, for as long as it lasts.
-HELD_BACK = "SELECT EXISTS (SELECT 1 FROM events WHERE txid >= event_read_horizon())"
+# Before a step takes its locks: is there anything to read, and is anything committed but
+# still held back by an older running transaction? Read-only, so asking costs no commit (a
+# step that locks the checkpoint writes, and its commit waits for the WAL). The transaction
+# holding an event back may send no wake-up when it ends (another follower's), so while one
+# is, the loop looks again on HELD_BACK_RETRY_SECONDS, the last pause repeating.
+PENDING = """
+SELECT EXISTS (SELECT 1 FROM events e
+                WHERE (e.txid, e.position) > (coalesce(c.last_txid, '0'::xid8),
+                                              coalesce(c.last_position, 0))
+                  AND e.txid < h.horizon),
+       EXISTS (SELECT 1 FROM events e WHERE e.txid >= h.horizon)
+  FROM (SELECT event_read_horizon() AS horizon) h
+  LEFT JOIN projection_checkpoints c ON c.name = %s
+"""
 HELD_BACK_RETRY_SECONDS = (0.005, 0.02, 0.05, 0.1, 0.25)
 
 Handler = Callable[[psycopg.Connection[Any], list[RecordedEvent]], list[RecordedEvent]]
@@ -93,10 +103,11 @@ def catch_up(conn: psycopg.Connection[Any], follower: Follower, *, wait: bool = 
             return total
 
 
-def held_back(conn: psycopg.Connection[Any]) -> bool:
-    row = conn.execute(HELD_BACK).fetchone()
+def pending(conn: psycopg.Connection[Any], name: str) -> tuple[bool, bool]:
+    """(something to read, something held back) for the follower `name`."""
+    row = conn.execute(PENDING, (name,)).fetchone()
     conn.rollback()  # read only; the pool wants the connection idle
-    return bool(row and row[0])
+    return (bool(row[0]), bool(row[1])) if row else (False, False)
 
 
 class FollowerThread(threading.Thread):
@@ -113,21 +124,23 @@ class FollowerThread(threading.Thread):
         retry = 0
         while not self.stop.is_set():
             self.news.clear()
+            pause = self.sweep_seconds
             try:
                 with self.pool.connection() as conn:
+                    readable, held = pending(conn, self.follower.name)
                     # wait for the checkpoint: a holder in another process may have read
                     # before the event this wake-up is about was committed
-                    catch_up(conn, self.follower, wait=True)
-                    again = held_back(conn)
+                    if readable and catch_up(conn, self.follower, wait=True):
+                        pause, retry = 0.0, 0  # moved: look again at once
+                    elif readable or held:  # held back, or an event failing for now
+                        pause = HELD_BACK_RETRY_SECONDS[
+                            min(retry, len(HELD_BACK_RETRY_SECONDS) - 1)]
+                        retry += 1
+                    else:
+                        retry = 0
             except Exception:  # keep following: the database may be back next time
                 log.exception("follow_failed", follower=self.follower.name)
-                again = False
-            if again:
-                pause = HELD_BACK_RETRY_SECONDS[min(retry, len(HELD_BACK_RETRY_SECONDS) - 1)]
-                retry += 1
-            else:
-                pause, retry = self.sweep_seconds, 0
-            if self.news.wait(pause):
+            if pause and self.news.wait(pause):
                 retry = 0
 
 

@@ -1,6 +1,6 @@
 """The worker process: the followers of the event store (projector, analytics publisher,
 reply dispatcher), the thread that wakes them, the assistant's Dramatiq threads, and a
-sweep for replies whose worker died."""
+sweep for replies whose worker died (and jobs a restarted Redis lost)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from services.core.settings import Settings
 from workers.actors import declare_actors
 from workers.assistant import record_interrupted
 from workers.broker import ASSISTANT_QUEUE
-from workers.dispatcher import dispatcher_follower
+from workers.dispatcher import dispatcher_follower, recover_lost_jobs
 from workers.follower import FollowerThread, listen_for_wakeups
 from workers.projector import PROJECTION, read_model_follower
 from workers.publisher import publisher_follower, stream_key
@@ -43,11 +43,13 @@ def fail_abandoned(runtime: WorkerRuntime) -> list[str]:
 
 
 def _sweep(runtime: WorkerRuntime, stop: threading.Event) -> None:
-    """Replies a dead worker left half-written, and the projection lag for /metrics."""
+    """Replies a dead worker left half-written, jobs a restarted Redis lost, and the
+    projection lag for /metrics."""
     lag_due = 0.0
     while not stop.wait(runtime.settings.reply_recovery_sweep_seconds):
         try:
             fail_abandoned(runtime)
+            recover_lost_jobs(runtime)
         except Exception:  # Redis or the database may be back next time
             log.exception("reply_recovery_failed")
         if time.monotonic() >= lag_due:  # never raises: a failed measurement is logged

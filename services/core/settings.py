@@ -58,9 +58,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     llm_offline_delay_seconds: float = 0.03
     # The reply lease (workers/reply_lease.py): a reply being written holds a lease renewed
     # every reply_lease_seconds / 3; one whose lease ran out (its worker died) is recorded
-    # as failed by a sweep every reply_recovery_sweep_seconds.
+    # as failed by a sweep every reply_recovery_sweep_seconds. The same sweep notices a
+    # broker Redis that lost its jobs (restarted without persistence) and has the reply
+    # dispatcher ask again for unanswered messages of the last reply_recovery_window_seconds.
     reply_lease_seconds: float = 10.0
     reply_recovery_sweep_seconds: float = 1.0
+    reply_recovery_window_seconds: float = 600.0
     log_level: str = "INFO"
     log_json: bool = True
     # The worker process's Prometheus endpoint (http://HOST:port/metrics); 0 turns it off.

@@ -21,8 +21,9 @@ from services.core.migrate import MIGRATIONS_DIR, migrate
 from services.core.settings import Settings
 from tests.integration import seed
 from workers.broker import ASSISTANT_QUEUE, make_broker
-from workers.dispatcher import DISPATCHER, dispatcher_follower
+from workers.dispatcher import DISPATCHER, dispatcher_follower, recover_lost_jobs
 from workers.follower import catch_up, follow_batch
+from workers.runtime import WorkerRuntime
 
 CHECKPOINT = "SELECT last_position FROM projection_checkpoints WHERE name = %s"
 
@@ -119,3 +120,41 @@ def test_deployed_on_a_database_with_history_it_starts_at_the_end(
         with psycopg.connect(server_database_url, autocommit=True) as admin:
             admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
                           .format(sql.Identifier(name)))
+
+
+def test_jobs_a_restarted_redis_lost_are_asked_for_again_once(
+    make_database: Callable[[], str], own: Settings
+) -> None:
+    """A Redis without persistence restarting loses the queued jobs: the sweep notices the
+    missing marker and the dispatcher asks again for what is still unanswered, and only
+    that."""
+    runtime = WorkerRuntime.open(msgspec.structs.replace(own, database_url=make_database()))
+    try:
+        with runtime.pool.connection() as c:
+            c.autocommit = True
+            user = seed.register(c)
+            answered, (first,) = seed.start_session(c, user, ["answered"],
+                                                    metadata={"request_id": "a"})
+            c.execute(  # its reply, as the assistant appends it
+                "UPDATE event_streams SET version = 2 WHERE stream_id = %s",
+                (f"session-{answered}",))
+            c.execute(
+                "INSERT INTO events (stream_id, version, type, data, metadata)"
+                " VALUES (%s, 3, 'MessagePosted', %s, '{}')",
+                (f"session-{answered}", json.dumps({
+                    "type": "MessagePosted", "session_id": str(answered),
+                    "message_id": str(uuid.uuid4()), "user_id": str(user),
+                    "role": "assistant", "content": "done", "reply_to": str(first.message_id)})))
+            lost, (second,) = seed.start_session(c, user, ["lost"], metadata={"request_id": "b"})
+            assert recover_lost_jobs(runtime) is None  # first sweep: sets the marker
+            catch_up(c, dispatcher_follower(runtime.broker))
+            assert len(queued(own)) == 2
+            with redis.Redis.from_url(own.redis_url) as client:  # the restart
+                for key in client.scan_iter(match=f"{own.redis_prefix}*"):
+                    client.delete(key)
+            assert recover_lost_jobs(runtime) is not None
+            assert recover_lost_jobs(runtime) is None  # once
+            catch_up(c, dispatcher_follower(runtime.broker))
+            assert [j["args"] for j in queued(own)] == [[str(lost), str(second.message_id)]]
+    finally:
+        runtime.close()
