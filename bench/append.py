@@ -7,7 +7,8 @@ transaction per append, through services.core.eventstore.append_sync: 1 or 8 wri
 each append, the alternative to reading below xmin that ARCHITECTURE.md asks to measure:
 every append then waits for the previous one to commit. `--wake` sends, after each commit,
 the wake-up the command service sends (services/core/wakeup.py: a Redis PUBLISH, from
-BENCH_REDIS_URL or the local Redis), to show it costs the appends nothing.
+BENCH_REDIS_URL or the local Redis), as the service does: from a thread of its own (the
+service's is a task), so the writer does not wait for it.
 
 Each scenario runs `--runs` times for `--seconds`; throughput is the median over runs,
 latency (append + commit, per transaction) percentiles are over every append of every run.
@@ -23,8 +24,10 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import queue
 import statistics
 import sys
+import threading
 import time
 import uuid
 from multiprocessing.synchronize import Barrier
@@ -80,6 +83,20 @@ SCENARIOS = [
 ]
 
 
+def _waker(settings: Settings) -> queue.SimpleQueue[None]:
+    """The writer puts one item per commit; a daemon thread publishes one wake-up each."""
+    asked: queue.SimpleQueue[None] = queue.SimpleQueue()
+    client = redis.Redis.from_url(settings.redis_url)
+
+    def send() -> None:
+        while True:
+            asked.get()
+            wake_followers_sync(client, settings)
+
+    threading.Thread(target=send, daemon=True).start()
+    return asked
+
+
 def _writer(
     url: str,
     scenario: Scenario,
@@ -104,7 +121,7 @@ def _writer(
     metadata = {"user_id": str(user_id), "correlation_id": str(uuid.uuid4())}
     settings = Settings(redis_url=os.environ.get("BENCH_REDIS_URL") or DEFAULT_REDIS,
                         redis_prefix=f"bench-append-{uuid.uuid4().hex[:8]}:")
-    wake = redis.Redis.from_url(settings.redis_url) if scenario.wake else None
+    wake = _waker(settings) if scenario.wake else None
     with psycopg.connect(url, autocommit=True) as conn:
         for run in range(runs):
             barrier.wait()
@@ -127,7 +144,7 @@ def _writer(
                         conn.execute("SELECT pg_advisory_xact_lock(%s)", (SERIAL_LOCK,))
                     append_sync(conn, [item], metadata)
                 if wake is not None:  # after the commit, as the services do
-                    wake_followers_sync(wake, settings)
+                    wake.put(None)
                 versions[stream] += scenario.batch
                 latencies.append(time.perf_counter() - t0)
             elapsed = time.perf_counter() - start

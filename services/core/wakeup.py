@@ -41,13 +41,21 @@ def wake_followers_sync(client: redis.Redis, settings: Settings) -> None:
 
 
 class Wake:
-    """The services' wake-up, called after every commit that appended events."""
+    """The services' wake-up, called after every commit that appended events. The request
+    does not wait for it: the PUBLISH runs as a task of its own, so a slow or absent Redis
+    never delays an answer whose events are already stored."""
 
     def __init__(self, client: aioredis.Redis, settings: Settings) -> None:
         self._client = client
         self._channel = channel(settings)
+        self._sending: set[asyncio.Task[None]] = set()  # kept, or the loop may drop them
 
     async def __call__(self) -> None:
+        task = asyncio.ensure_future(self._publish())
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _publish(self) -> None:
         """Never raises: the events are stored, and the sweep covers a lost wake-up."""
         try:
             await asyncio.wait_for(self._client.publish(self._channel, b""),
