@@ -80,8 +80,6 @@ ERRORS: dict[str, ErrorCode] = {
     "database_unavailable": ErrorCode(503, "PostgreSQL is not answering; retry."),
     "redis_unavailable": ErrorCode(503, "Redis (live replies, stream leases) is not "
                                         "answering; retry."),
-    "assistant_unavailable": ErrorCode(503, "The message was stored but its reply could not "
-                                            "be requested; the ids are in the body."),
     "upstream_unavailable": ErrorCode(503, "Gateway: the service behind this route is not "
                                            "answering."),
     "not_ready": ErrorCode(503, "Gateway /readyz: something is not answering (`checks`)."),
