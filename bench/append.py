@@ -8,7 +8,7 @@ each append, the alternative to reading below xmin that ARCHITECTURE.md asks to 
 every append then waits for the previous one to commit. `--wake` sends, after each commit,
 the wake-up the command service sends (services/core/wakeup.py: a Redis PUBLISH, from
 BENCH_REDIS_URL or the local Redis), as the service does: from a thread of its own (the
-service's is a task), so the writer does not wait for it.
+service's is a task), so the writer does not wait for it, one PUBLISH at a time.
 
 Each scenario runs `--runs` times for `--seconds`; throughput is the median over runs,
 latency (append + commit, per transaction) percentiles are over every append of every run.
@@ -84,13 +84,16 @@ SCENARIOS = [
 
 
 def _waker(settings: Settings) -> queue.SimpleQueue[None]:
-    """The writer puts one item per commit; a daemon thread publishes one wake-up each."""
+    """The writer puts one item per commit; a daemon thread publishes a wake-up for them,
+    one at a time, commits made meanwhile sharing the next (as services/core/wakeup.Wake)."""
     asked: queue.SimpleQueue[None] = queue.SimpleQueue()
     client = redis.Redis.from_url(settings.redis_url)
 
     def send() -> None:
         while True:
             asked.get()
+            while not asked.empty():
+                asked.get_nowait()
             wake_followers_sync(client, settings)
 
     threading.Thread(target=send, daemon=True).start()

@@ -43,22 +43,31 @@ def wake_followers_sync(client: redis.Redis, settings: Settings) -> None:
 class Wake:
     """The services' wake-up, called after every commit that appended events. The request
     does not wait for it: the PUBLISH runs as a task of its own, so a slow or absent Redis
-    never delays an answer whose events are already stored."""
+    never delays an answer whose events are already stored. One PUBLISH at a time per
+    process: commits made while one is on its way share the next one (the followers read
+    everything new whatever woke them), so a busy service sends one per Redis round trip,
+    not one per commit."""
 
     def __init__(self, client: aioredis.Redis, settings: Settings) -> None:
         self._client = client
         self._channel = channel(settings)
-        self._sending: set[asyncio.Task[None]] = set()  # kept, or the loop may drop them
+        self._sending: asyncio.Task[None] | None = None
+        self._again = False
 
     async def __call__(self) -> None:
-        task = asyncio.ensure_future(self._publish())
-        self._sending.add(task)
-        task.add_done_callback(self._sending.discard)
+        if self._sending is not None and not self._sending.done():
+            self._again = True  # the PUBLISH on its way may predate this commit
+            return
+        self._sending = asyncio.ensure_future(self._publish())
 
     async def _publish(self) -> None:
         """Never raises: the events are stored, and the sweep covers a lost wake-up."""
-        try:
-            await asyncio.wait_for(self._client.publish(self._channel, b""),
-                                   PUBLISH_TIMEOUT_SECONDS)
-        except Exception as exc:
-            log.warning("wakeup_failed", error=repr(exc))
+        while True:
+            self._again = False
+            try:
+                await asyncio.wait_for(self._client.publish(self._channel, b""),
+                                       PUBLISH_TIMEOUT_SECONDS)
+            except Exception as exc:
+                log.warning("wakeup_failed", error=repr(exc))
+            if not self._again:
+                return
