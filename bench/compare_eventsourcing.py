@@ -10,6 +10,12 @@ alternate, and each configuration is repeated (medians and p99 over the trials).
   version 0) every STREAM_LENGTH events, else the stream's current version as expected.
 - theirs: eventsourcing.postgres.PostgresApplicationRecorder.insert_events (its own
   transaction, pipelined, with its EXCLUSIVE table lock) with the same stream layout.
+- floor: what PostgreSQL itself does (bench/floor.py), from the same kind of writer
+  processes: one single-row INSERT per commit for 1 event, one COPY of the rows per commit
+  for 100; and, for 1 event, pgbench with the same number of clients when it is installed.
+
+An append of one stream on an autocommit connection is one statement, its own transaction:
+one round trip, as the floor's INSERT.
 
 Durability is the same for both: synchronous_commit is read back from each side's own
 connection and printed.
@@ -18,6 +24,7 @@ connection and printed.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import sys
 import time
 import uuid
@@ -28,7 +35,9 @@ import msgspec
 import psycopg
 from eventsourcing.persistence import StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
+from psycopg import sql
 
+from bench import floor
 from bench.common import (
     cli,
     finish,
@@ -49,7 +58,8 @@ CONTENT_CHARS = 200
 STREAM_LENGTH = 1000  # events per stream before a writer starts a new one
 WRITERS = (1, 8)
 BATCHES = (1, 100)
-SIDES = ("ours", "eventsourcing")
+SIDES = ("ours", "eventsourcing", "floor")
+PEERS = ("ours", "eventsourcing")
 
 
 def _event(user_id: uuid.UUID, session_id: uuid.UUID, n: int) -> MessagePosted:
@@ -99,8 +109,7 @@ class _Ours:
             stream_type="session",
             owner_id=self.user,
         )
-        with self.conn.transaction():
-            append_sync(self.conn, [item], _metadata(self.user))
+        append_sync(self.conn, [item], _metadata(self.user))  # autocommit: one round trip
 
     def close(self) -> None:
         self.conn.close()
@@ -145,9 +154,33 @@ class _Theirs:
         self.datastore.close()
 
 
+class _Floor:
+    """The floor's writer: the rows without any event store (bench/floor.py)."""
+
+    def __init__(self, url: str) -> None:
+        self.conn = psycopg.connect(url, autocommit=True)
+
+    def synchronous_commit(self) -> str:
+        return str(self.conn.execute("SHOW synchronous_commit").fetchone()[0])  # type: ignore[index]
+
+    def append(self, stream: uuid.UUID, version: int, batch: int) -> None:
+        if batch == 1:
+            self.conn.execute(floor.INSERT_ROW, (floor.ROW,))
+            return
+        with self.conn.transaction(), self.conn.cursor().copy(floor.COPY_ROWS) as copy:
+            for _ in range(batch):
+                copy.write_row((floor.ROW,))
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+WRITERS_BY_SIDE = {"ours": _Ours, "eventsourcing": _Theirs, "floor": _Floor}
+
+
 def _write(side: str, url: str, batch: int, start_at: float, seconds: float) -> dict[str, Any]:
     """One writer process: appends from start_at for `seconds`; counts and times each."""
-    writer = _Ours(url) if side == "ours" else _Theirs(url)
+    writer = WRITERS_BY_SIDE[side](url)
     durability = writer.synchronous_commit()
     latencies: list[float] = []
     events = 0
@@ -185,6 +218,25 @@ def _trial(
     }
 
 
+def _group_commit(url: str) -> dict[str, int]:
+    """BENCH_COMMIT_DELAY=<microseconds>[,<siblings>] sets group commit on the throwaway
+    database only (new connections take it up); unset, the server's settings stand."""
+    value = os.environ.get("BENCH_COMMIT_DELAY", "")
+    if not value:
+        return {}
+    delay, _, siblings = value.partition(",")
+    settings = {"commit_delay": int(delay), "commit_siblings": int(siblings or 5)}
+    dbname = psycopg.conninfo.conninfo_to_dict(url)["dbname"]
+    with psycopg.connect(url, autocommit=True) as conn:
+        for name, setting in settings.items():
+            conn.execute(
+                sql.SQL("ALTER DATABASE {} SET {} = {}").format(
+                    sql.Identifier(str(dbname)), sql.Identifier(name), sql.Literal(setting)
+                )
+            )
+    return settings
+
+
 def run(quick: bool = False) -> dict[str, Any]:
     seconds, repeats = (0.5, 1) if quick else (3.0, 5)
     ctx = multiprocessing.get_context("spawn")
@@ -192,11 +244,14 @@ def run(quick: bool = False) -> dict[str, Any]:
         theirs = _Theirs(url)
         theirs.recorder.create_table()
         theirs.close()
+        floor.prepare(url)
+        group_commit = _group_commit(url)
         server = server_settings(url)
         print(
             f"{NAME}: PostgreSQL {server['server_version']}, synchronous_commit="
             f"{server['synchronous_commit']}, fsync={server['fsync']}; writers are "
             f"processes; {seconds:g} s per trial, {repeats} trial(s) per configuration"
+            + (f"; group commit {group_commit}" if group_commit else "")
         )
         for side in SIDES:  # warm-up: imports, connections, first pages of the tables
             _trial(pool, side, url, max(WRITERS), 1, 0.3)
@@ -204,8 +259,11 @@ def run(quick: bool = False) -> dict[str, Any]:
         rates: dict[tuple[str, int, int], list[float]] = defaultdict(list)
         latencies: dict[tuple[str, int, int], list[float]] = defaultdict(list)
         durability: dict[str, set[str]] = defaultdict(set)
+        pgbench: dict[int, list[float]] = defaultdict(list)
         for repeat in range(repeats):
             for writers in WRITERS:
+                if floor.pgbench_available():
+                    pgbench[writers].append(floor.pgbench_rows_per_s(url, writers, seconds))
                 for batch in BATCHES:
                     # alternate which side goes first, so drift does not favour one
                     for side in SIDES if repeat % 2 == 0 else SIDES[::-1]:
@@ -222,37 +280,43 @@ def run(quick: bool = False) -> dict[str, Any]:
                 rate = summary(rates[side, writers, batch])
                 lat = summary([x * 1000 for x in latencies[side, writers, batch]])
                 per_side[side] = {"events_per_s": rate, "append_ms": lat}
-                rows.append(
-                    [side, writers, batch, rate["median"], rate["min"], lat["median"], lat["p99"]]
-                )
-            configs.append(
-                {
-                    "writers": writers,
-                    "batch": batch,
-                    **per_side,
-                    "ratio": ratio(
-                        per_side["ours"]["events_per_s"]["median"],
-                        per_side["eventsourcing"]["events_per_s"]["median"],
-                    ),
-                }
-            )
+            ours = per_side["ours"]["events_per_s"]["median"]
+            pgb = summary(pgbench[writers])["median"] if batch == 1 else float("nan")
+            config = {
+                "writers": writers,
+                "batch": batch,
+                **per_side,
+                "pgbench_rows_per_s": pgb,
+                "ratio": ratio(ours, per_side["eventsourcing"]["events_per_s"]["median"]),
+                "to_floor": ratio(ours, per_side["floor"]["events_per_s"]["median"]),
+                "to_pgbench": ratio(ours, pgb) if batch == 1 else float("nan"),
+            }
+            configs.append(config)
+            for side in SIDES:
+                rate, lat = per_side[side]["events_per_s"], per_side[side]["append_ms"]
+                rows.append([
+                    side, writers, batch, rate["median"], rate["min"], lat["median"], lat["p99"],
+                    ratio(rate["median"], per_side["floor"]["events_per_s"]["median"]),
+                    ratio(rate["median"], pgb),
+                ])  # fmt: skip
     print_table(
-        "append throughput (events/s: median and worst trial) and latency per append",
-        ["side", "writers", "events/append", "events/s", "min events/s", "p50 ms", "p99 ms"],
+        "append throughput (events/s: median and worst trial), latency per append, and the "
+        "ratio to the floor (the same writers doing bare INSERT/COPY) and to pgbench",
+        ["side", "writers", "events/append", "events/s", "min events/s", "p50 ms", "p99 ms",
+         "/floor", "/pgbench"],
         rows,
-    )
+    )  # fmt: skip
+    for writers in WRITERS:
+        print(f"  pgbench, {writers} client(s), one single-row INSERT per commit: "
+              f"{summary(pgbench[writers])['median']:,.0f} tps")  # fmt: skip
     for side in SIDES:
         print(f"  synchronous_commit seen by {side}: {', '.join(sorted(durability[side]))}")
 
     by = {(c["writers"], c["batch"]): c for c in configs}
     targets = [
-        target("ours/eventsourcing, 8 writers, 1 event/append", by[8, 1]["ratio"], 1.5, "x"),
-        target("ours/eventsourcing, 8 writers, 100 events/append", by[8, 100]["ratio"], 1.5, "x"),
-        target(
-            "ours single-event appends/s, 8 writers",
-            by[8, 1]["ours"]["events_per_s"]["median"],
-            5000,
-        ),
+        target("ours/eventsourcing, 8 writers, 1 event/append", by[8, 1]["ratio"], 2.0, "x"),
+        target("ours/eventsourcing, 8 writers, 100 events/append", by[8, 100]["ratio"], 2.0, "x"),
+        target("ours/floor, 8 writers, 1 event/append", by[8, 1]["to_floor"], 0.6, "x"),
     ]
     print_targets(targets)
     return finish(
@@ -260,9 +324,11 @@ def run(quick: bool = False) -> dict[str, Any]:
         quick,
         {
             "method": "writers are processes (multiprocessing spawn), one connection each; "
-            f"{seconds} s per trial, {repeats} trials per configuration, sides alternate",
+            f"{seconds} s per trial, {repeats} trials per configuration, sides alternate; "
+            "floor: the same writers doing one INSERT (1 event) or one COPY (100) per commit",
             "payload_bytes": payload_bytes(),
             "stream_length": STREAM_LENGTH,
+            "group_commit": group_commit,
             "synchronous_commit": {s: sorted(v) for s, v in durability.items()},
             "server": server,
             "configs": configs,

@@ -6,6 +6,10 @@ inserts the events behind it. If the stream moved on, nothing is inserted and th
 transaction is rolled back by ConcurrencyError: the unique (stream_id, version) key is the
 backstop. Several streams can be appended in one transaction.
 
+On an autocommit connection outside any transaction, a one-stream append is its own
+transaction: the statement alone, one round trip (no BEGIN, no COMMIT). Anywhere else it joins
+the caller's transaction.
+
 Following the global order: positions come from an identity, so a transaction that commits
 late can leave a lower position behind one already read. Followers therefore read in
 (txid, position) order and only events whose writing transaction is older than every
@@ -25,6 +29,7 @@ from typing import Any
 
 import msgspec
 import psycopg
+from psycopg import pq
 
 from services.core.events import AnyEvent, Event, decode_event, encode_event, event_type
 
@@ -38,8 +43,8 @@ WITH stream AS (
  RETURNING stream_id
 )
 INSERT INTO events (stream_id, version, type, data, metadata)
-SELECT stream.stream_id, %(expected)s + e.ord, e.type, e.data::jsonb, %(metadata)s::jsonb
-  FROM stream, unnest(%(types)s::text[], %(datas)s::text[]) WITH ORDINALITY AS e(type, data, ord)
+SELECT stream.stream_id, %(expected)s + e.ord, e.pair->>0, e.pair->1, %(metadata)s::jsonb
+  FROM stream, jsonb_array_elements(%(events)s::text::jsonb) WITH ORDINALITY AS e(pair, ord)
  ORDER BY e.ord
 RETURNING position
 """
@@ -53,8 +58,8 @@ WITH stream AS (
  RETURNING stream_id
 )
 INSERT INTO events (stream_id, version, type, data, metadata)
-SELECT stream.stream_id, e.ord, e.type, e.data::jsonb, %(metadata)s::jsonb
-  FROM stream, unnest(%(types)s::text[], %(datas)s::text[]) WITH ORDINALITY AS e(type, data, ord)
+SELECT stream.stream_id, e.ord, e.pair->>0, e.pair->1, %(metadata)s::jsonb
+  FROM stream, jsonb_array_elements(%(events)s::text::jsonb) WITH ORDINALITY AS e(pair, ord)
  ORDER BY e.ord
 RETURNING position
 """
@@ -151,6 +156,13 @@ class RecordedEvent(msgspec.Struct, frozen=True, kw_only=True):
         return Checkpoint(self.txid, self.position)
 
 
+def _events_json(events: Sequence[Event]) -> str:
+    """The events as one JSON array of [type, data] pairs: the server parses it once (one
+    jsonb parse of the whole batch was twice as fast as text arrays cast row by row)."""
+    pairs = (b'["%s",%s]' % (event_type(e).encode(), encode_event(e)) for e in events)
+    return (b"[" + b",".join(pairs) + b"]").decode()
+
+
 def _params(append: StreamAppend, metadata: dict[str, Any]) -> dict[str, Any]:
     return {
         "stream_id": append.stream_id,
@@ -158,8 +170,7 @@ def _params(append: StreamAppend, metadata: dict[str, Any]) -> dict[str, Any]:
         "owner_id": append.owner_id,
         "expected": append.expected_version,
         "count": len(append.events),
-        "types": [event_type(e) for e in append.events],
-        "datas": [encode_event(e).decode() for e in append.events],
+        "events": _events_json(append.events),
         "metadata": _json.encode(metadata).decode(),
     }
 
@@ -174,6 +185,13 @@ def _positions(append: StreamAppend, rows: list[tuple[int]]) -> list[int]:
     if not rows:
         raise ConcurrencyError(append.stream_id, append.expected_version)
     return [row[0] for row in rows]
+
+
+def _in_transaction(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
+    return (
+        conn.info.transaction_status != pq.TransactionStatus.IDLE
+        or conn.info.pipeline_status != pq.PipelineStatus.OFF
+    )
 
 
 def _recorded(row: tuple[Any, ...]) -> RecordedEvent:
@@ -202,7 +220,11 @@ async def append(
     appends: Sequence[StreamAppend],
     metadata: dict[str, Any] | None = None,
 ) -> list[int]:
-    """Appends in the caller's transaction; returns the new positions in order."""
+    """Appends in the caller's transaction (or, one stream on an autocommit connection, in
+    its own one-statement transaction); returns the new positions in order."""
+    if len(appends) > 1 and conn.autocommit and not _in_transaction(conn):
+        async with conn.transaction():
+            return await append(conn, appends, metadata)
     positions: list[int] = []
     for item in appends:
         cur = await conn.execute(_statement(item), _params(item, metadata or {}))
@@ -238,6 +260,10 @@ def append_sync(
     appends: Sequence[StreamAppend],
     metadata: dict[str, Any] | None = None,
 ) -> list[int]:
+    """As `append`, for a sync connection."""
+    if len(appends) > 1 and conn.autocommit and not _in_transaction(conn):
+        with conn.transaction():
+            return append_sync(conn, appends, metadata)
     positions: list[int] = []
     for item in appends:
         rows = conn.execute(_statement(item), _params(item, metadata or {})).fetchall()
