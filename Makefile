@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench soak clean
+.PHONY: run test lint bench bench-ci soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,14 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[dev,bench]'
 	$(BIN)/python -m bench
+
+# CI's regression check: every benchmark with --quick, then the gate over their ratios
+# (bench/gate.py: the levels, the noise bands and how they were measured).
+bench-ci: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[dev,bench]'
+	rm -f bench/results/*-quick.json
+	$(BIN)/python -m bench --quick
+	$(BIN)/python -m bench.gate
 
 # 50 simulated users of mixed traffic for 10 minutes against `chatctl serve all` (a throwaway
 # database); SOAK_USERS / SOAK_SECONDS override. Figures in bench/results/soak.json.

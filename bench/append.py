@@ -253,7 +253,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--wake", action="store_true",
         help="publish the services' wake-up after each commit (services/core/wakeup.py)")
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--quick", action="store_true", help="a smoke run: 1 run x 1 s, no serialised variant"
+    )
+    args, _unknown = parser.parse_known_args(argv)  # `python -m bench` passes its options on
+    if args.quick:
+        args.runs, args.seconds, args.no_serialised = 1, 1.0, True
+        if args.output == RESULTS:
+            args.output = RESULTS.with_name("append-quick.json")
 
     server = os.environ.get("BENCH_DATABASE_URL") or DEFAULT_SERVER
     name = f"chat_bench_{uuid.uuid4().hex[:12]}"

@@ -269,7 +269,12 @@ def main(argv: list[str] | None = None) -> None:
         type=Path,
         help="SQL run after the migrations, before seeding (to measure a candidate migration)",
     )
-    args = parser.parse_args(argv)
+    parser.add_argument("--quick", action="store_true", help="a smoke run: --scale 0.01")
+    args, _unknown = parser.parse_known_args(argv)  # `python -m bench` passes its options on
+    if args.quick:
+        args.scale, args.calls = 0.01, min(args.calls, 200)
+        if args.output == RESULTS:
+            args.output = RESULTS.with_name("read_path-quick.json")
 
     n = sizes(args.scale)
     print(

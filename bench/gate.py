@@ -1,0 +1,104 @@
+"""`python -m bench.gate`: CI's regression gate over the `--quick` results.
+
+After `python -m bench --quick` has written bench/results/<name>-quick.json, each ratio below
+(ours to the PostgreSQL floor, to the peer library, or the gateway to going direct) must stay
+above `level x (1 - band)`:
+
+- level: the documented target, or the figure the last full `make bench` run reached where
+  the target is not met yet (docs/benchmarks.md), so CI catches a step back without failing
+  on a target nobody has reached;
+- band: the noise of the `--quick` figure on this 2-core machine, measured as the spread of
+  repeated `--quick` runs taken while the machine was shared (docs/benchmarks.md, "CI gate"
+  says which runs), rounded up. A quick run is short, so the band is wide: the gate catches a
+  step back of a third or more, not a few per cent; the full `make bench` is for those.
+
+Only ratios are gated: both sides of a ratio run in the same minute on the same machine, so
+other load moves them together; absolute figures move with whatever else runs.
+A benchmark that did not write its result fails the gate.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.common import RESULTS_DIR
+
+
+@dataclass(frozen=True)
+class Check:
+    benchmark: str
+    target: str  # the start of the target's name in the result's "targets"
+    level: float
+    band: float  # the fraction of `level` the quick figure may fall short by
+    higher_is_better: bool = True
+
+    @property
+    def limit(self) -> float:
+        if self.higher_is_better:
+            return self.level * (1 - self.band)
+        return self.level * (1 + self.band)
+
+
+CHECKS = (
+    Check("compare_eventsourcing", "ours/eventsourcing, 8 writers, 1 event/append", 2.0, 0.5),
+    Check("compare_eventsourcing", "ours/eventsourcing, 8 writers, 100 events/append", 1.5, 0.5),
+    Check("compare_eventsourcing", "ours/floor, 8 writers, 1 event/append", 0.4, 0.5),
+    Check("compare_langchain", "(a) ours/langchain", 0.16, 0.5),
+    Check("compare_langchain", "(b) langchain/ours read time", 10.0, 0.5),
+    Check("http", "direct: sessions req/s / bare route", 0.25, 0.5),
+    Check("http", "direct: messages req/s / bare route", 0.2, 0.5),
+    Check("http", "gateway/direct: sessions", 0.8, 0.5),
+    Check("http", "gateway/direct: messages", 0.8, 0.5),
+    Check("replay", "replay within 3x of the bare COPY", 3.0, 0.5, higher_is_better=False),
+)
+
+
+def figure(results: Path, check: Check) -> float | None:
+    path = results / f"{check.benchmark}-quick.json"
+    if not path.exists():
+        return None
+    for t in json.loads(path.read_text()).get("targets", []):
+        if str(t["name"]).startswith(check.target):
+            return float(t["figure"])
+    return None
+
+
+def gate(results: Path = RESULTS_DIR) -> list[str]:
+    """The failures, one line each; empty when every check passes."""
+    failures = []
+    for check in CHECKS:
+        value = figure(results, check)
+        if value is None:
+            line = f"{check.benchmark}: no quick result for {check.target!r}"
+            failures.append(line)
+            print(f"  FAIL {line}")
+            continue
+        ok = value >= check.limit if check.higher_is_better else value <= check.limit
+        sign = ">=" if check.higher_is_better else "<="
+        line = (
+            f"{check.benchmark}: {check.target} = {value:.3g} "
+            f"(gate {sign} {check.limit:.3g}: level {check.level:g}, band {check.band:.0%})"
+        )
+        print(f"  {'ok  ' if ok else 'FAIL'} {line}")
+        if not ok:
+            failures.append(line)
+    return failures
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    results = Path(args[0]) if args else RESULTS_DIR  # another directory of -quick.json files
+    print(f"bench gate: quick ratios in {results} against the documented levels")
+    failures = gate(results)
+    if failures:
+        print(f"bench gate: {len(failures)} regression(s)", file=sys.stderr)
+        return 1
+    print("bench gate: every ratio within its band")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
