@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import select
 from typing import Any
 
 import psycopg
@@ -21,13 +22,33 @@ SET_USER = "SELECT set_config('app.user_id', %s, true)"
 # after a failed check it sleeps with its reconnection back-off (1 s, 2 s, 4 s, ...) even
 # while healthy connections wait in the pool, so a burst of killed connections stalled
 # requests up to the pool timeout (tests/integration/test_faults_postgres.py found it).
+#
+# The check costs no round trip when there is nothing to suspect: an idle connection has
+# nothing to read unless the server wrote to it, and a server ending a connection does (its
+# FATAL "terminating connection" notice, then EOF). So only a connection with bytes waiting
+# (or already closed) gets the real check, a query to the server; the others are lent at once.
+# Checking every checkout with a query was one round trip more per request (the py-spy
+# profile of the chat write path, docs/benchmarks.md).
 CHECK_ATTEMPTS = 4  # then the connection is lent as is; a failure then is a 503
+
+
+def _suspect(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
+    """Whether the server wrote to this idle connection (or it is closed): worth a check."""
+    if conn.closed:
+        return True
+    try:
+        readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
 
 
 class CheckedAsyncPool(AsyncConnectionPool):
     async def getconn(self, timeout: float | None = None) -> Any:  # noqa: ASYNC109 (its API)
         for _ in range(CHECK_ATTEMPTS - 1):
             conn = await super().getconn(timeout)
+            if not _suspect(conn):
+                return conn
             try:
                 await AsyncConnectionPool.check_connection(conn)
                 return conn
@@ -40,6 +61,8 @@ class CheckedPool(ConnectionPool):
     def getconn(self, timeout: float | None = None) -> Any:
         for _ in range(CHECK_ATTEMPTS - 1):
             conn = super().getconn(timeout)
+            if not _suspect(conn):
+                return conn
             try:
                 ConnectionPool.check_connection(conn)
                 return conn
