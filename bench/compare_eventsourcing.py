@@ -238,7 +238,7 @@ def _group_commit(url: str) -> dict[str, int]:
 
 
 def run(quick: bool = False) -> dict[str, Any]:
-    seconds, repeats = (0.5, 1) if quick else (3.0, 5)
+    seconds, repeats = (0.5, 3) if quick else (3.0, 5)
     ctx = multiprocessing.get_context("spawn")
     with throwaway_database("es") as url, ctx.Pool(max(WRITERS)) as pool:
         theirs = _Theirs(url)

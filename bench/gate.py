@@ -14,12 +14,16 @@ above `level x (1 - band)`:
 
 Only ratios are gated: both sides of a ratio run in the same minute on the same machine, so
 other load moves them together; absolute figures move with whatever else runs.
-A benchmark that did not write its result fails the gate.
+A benchmark that did not write its result fails the gate. A benchmark with a check below
+its limit runs again (up to RETRIES times) and each check keeps its best figure: on this
+shared machine one quick run in three could land in another session's burst of load (a 10x
+swing, see docs/benchmarks.md), while a real regression is below the limit every time.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +45,8 @@ class Check:
             return self.level * (1 - self.band)
         return self.level * (1 + self.band)
 
+
+RETRIES = 2
 
 CHECKS = (
     Check("compare_eventsourcing", "ours/eventsourcing, 8 writers, 1 event/append", 2.0, 0.5),
@@ -66,22 +72,47 @@ def figure(results: Path, check: Check) -> float | None:
     return None
 
 
-def gate(results: Path = RESULTS_DIR) -> list[str]:
-    """The failures, one line each; empty when every check passes."""
+def passes(check: Check, value: float | None) -> bool:
+    if value is None:
+        return False
+    return value >= check.limit if check.higher_is_better else value <= check.limit
+
+
+def better(check: Check, a: float | None, b: float | None) -> float | None:
+    if a is None or b is None:
+        return b if a is None else a
+    return max(a, b) if check.higher_is_better else min(a, b)
+
+
+def rerun(names: set[str]) -> None:
+    for name in sorted(names):
+        print(f"bench gate: running {name} --quick again")
+        subprocess.run([sys.executable, "-m", "bench", name, "--quick"], check=False,
+                       stdout=subprocess.DEVNULL)  # fmt: skip
+
+
+def gate(results: Path = RESULTS_DIR, retries: int = RETRIES) -> list[str]:
+    """The failures, one line each; empty when every check passes. A benchmark with a check
+    below its limit runs again, up to `retries` times, and each check keeps its best figure:
+    a neighbour's burst of load passes, a regression fails every time."""
+    best = {check: figure(results, check) for check in CHECKS}
+    for _ in range(retries):
+        failing = {c.benchmark for c, value in best.items() if not passes(c, value)}
+        if not failing:
+            break
+        rerun(failing)
+        best = {c: better(c, value, figure(results, c)) for c, value in best.items()}
     failures = []
-    for check in CHECKS:
-        value = figure(results, check)
+    for check, value in best.items():
         if value is None:
             line = f"{check.benchmark}: no quick result for {check.target!r}"
-            failures.append(line)
-            print(f"  FAIL {line}")
-            continue
-        ok = value >= check.limit if check.higher_is_better else value <= check.limit
-        sign = ">=" if check.higher_is_better else "<="
-        line = (
-            f"{check.benchmark}: {check.target} = {value:.3g} "
-            f"(gate {sign} {check.limit:.3g}: level {check.level:g}, band {check.band:.0%})"
-        )
+        else:
+            sign = ">=" if check.higher_is_better else "<="
+            line = (
+                f"{check.benchmark}: {check.target} = {value:.3g} "
+                f"(gate {sign} {check.limit:.3g}: level {check.level:g}, band {check.band:.0%})"
+            )
+        ok = passes(check, value)
         print(f"  {'ok  ' if ok else 'FAIL'} {line}")
         if not ok:
             failures.append(line)
@@ -92,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     results = Path(args[0]) if args else RESULTS_DIR  # another directory of -quick.json files
     print(f"bench gate: quick ratios in {results} against the documented levels")
-    failures = gate(results)
+    # results of another directory are only judged: the reruns write to bench/results
+    failures = gate(results, RETRIES if results == RESULTS_DIR else 0)
     if failures:
         print(f"bench gate: {len(failures)} regression(s)", file=sys.stderr)
         return 1

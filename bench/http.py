@@ -285,7 +285,7 @@ WRK_MISSING = (
 
 
 def run(quick: bool = False) -> dict[str, Any]:
-    seconds, rounds = (1.0, 1) if quick else (5.0, 3)
+    seconds, rounds = (1.0, 3) if quick else (5.0, 3)
     sessions, messages = (5, 60) if quick else (SESSIONS, MESSAGES)
     if not shutil.which("wrk"):
         raise SystemExit(WRK_MISSING)
