@@ -2,7 +2,8 @@
 
 Each writer is a process (threads would share one GIL and measure Python, not Postgres) with
 its own connection, appending MessagePosted events to 16 session streams of its own, one
-transaction per append, through services.core.eventstore.append_sync: 1 or 8 writers, 1 or
+transaction per append (one autocommit statement, one round trip), through
+services.core.eventstore.append_sync: 1 or 8 writers, 1 or
 100 events per append. The "serialised" rows take a transaction-level advisory lock before
 each append, the alternative to reading below xmin that ARCHITECTURE.md asks to measure:
 every append then waits for the previous one to commit. `--wake` sends, after each commit,
@@ -142,9 +143,11 @@ def _writer(
                     stream_type="session",
                     owner_id=user_id,
                 )
-                with conn.transaction():
-                    if scenario.serialised:
+                if scenario.serialised:
+                    with conn.transaction():
                         conn.execute("SELECT pg_advisory_xact_lock(%s)", (SERIAL_LOCK,))
+                        append_sync(conn, [item], metadata)
+                else:  # autocommit: the append is one statement, its own transaction
                     append_sync(conn, [item], metadata)
                 if wake is not None:  # after the commit, as the services do
                     wake.put(None)
