@@ -7,7 +7,9 @@ when they answer; else testcontainers starts them (a laptop with Docker).
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -22,6 +24,7 @@ from services.core.settings import Settings
 
 LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
 LOCAL_REDIS = "redis://127.0.0.1:6379/0"
+LOCAL_RABBITMQ = "amqp://guest:guest@127.0.0.1:5672/"
 
 
 def _answers(host: str, port: int) -> bool:
@@ -103,6 +106,32 @@ def redis_prefix(redis_url: str) -> Iterator[str]:
     for key in client.scan_iter(match=f"{prefix}*", count=1000):
         client.delete(key)
     client.close()
+
+
+def _rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_url() -> Iterator[str]:
+    """A RabbitMQ vhost of this run's own (deleted afterwards): TEST_RABBITMQ_URL when set
+    (CI: a server for this run alone), else a throwaway vhost on the local server, made with
+    rabbitmqctl, so test runs side by side never take each other's messages."""
+    if url := os.environ.get("TEST_RABBITMQ_URL"):
+        yield url
+        return
+    if not _answers("127.0.0.1", 5672):
+        pytest.skip("no RabbitMQ: set TEST_RABBITMQ_URL or run one on 127.0.0.1:5672")
+    if shutil.which("rabbitmqctl") is None:
+        pytest.skip("RabbitMQ answers on 5672 but rabbitmqctl (to make a throwaway vhost) "
+                    "is not on PATH: set TEST_RABBITMQ_URL")
+    vhost = f"chat-test-{uuid.uuid4().hex[:12]}"
+    _rabbitmqctl("add_vhost", vhost)
+    try:
+        _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+        yield f"{LOCAL_RABBITMQ}{vhost}"
+    finally:
+        _rabbitmqctl("delete_vhost", vhost)
 
 
 @pytest.fixture(scope="session")

@@ -23,6 +23,7 @@ class WorkerRuntime:
     redis: redis.Redis
     broker: dramatiq.Broker
     closed: bool = field(default=False)
+    owns_broker: bool = field(default=False)  # made by open(): closed with the runtime
 
     @classmethod
     def open(cls, settings: Settings, broker: dramatiq.Broker | None = None) -> WorkerRuntime:
@@ -31,6 +32,7 @@ class WorkerRuntime:
             pool=open_pool(settings.database_url, max_size=12),
             redis=redis.Redis.from_url(settings.redis_url),
             broker=broker or make_broker(settings),
+            owns_broker=broker is None,
         )
 
     def close(self) -> None:
@@ -38,3 +40,5 @@ class WorkerRuntime:
             self.closed = True
             self.pool.close()
             self.redis.close()
+            if self.owns_broker:
+                self.broker.close()  # RabbitMQ: one AMQP connection per thread that used it

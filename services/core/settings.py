@@ -12,6 +12,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     redis_url: str = "redis://127.0.0.1:6379/0"
     # Every Redis key this deployment writes starts with this (tests use one per run).
     redis_prefix: str = "chat:"
+    # The Dramatiq broker: empty = the Redis broker on redis_url; `amqp://user:pass@host/vhost`
+    # = RabbitMQ (production); workers/broker.py.
+    broker_url: str = ""
     host: str = "127.0.0.1"
     port: int = 8000
     command_port: int = 8001

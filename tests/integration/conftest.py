@@ -10,6 +10,7 @@ from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 import uvicorn
 
@@ -66,11 +67,27 @@ def client(base_url: str, user_id: Any | None = None) -> httpx.Client:
     return httpx.Client(base_url=base_url, headers=headers, timeout=10)
 
 
+# Tests of the broker path run on both brokers: Redis (the default) and RabbitMQ.
+on_both_brokers = pytest.mark.parametrize("broker_url", ["redis", "rabbitmq"], indirect=True)
+
+
 @pytest.fixture
-def command_url(settings: Settings, serve_app: Callable[[Any], str]) -> Iterator[str]:
+def broker_url(request: pytest.FixtureRequest) -> str:
+    """The BROKER_URL setting: "" (Dramatiq's Redis broker on REDIS_URL) unless the test is
+    marked on_both_brokers, which runs it once more on this run's RabbitMQ vhost."""
+    if getattr(request, "param", "redis") == "redis":
+        return ""
+    return str(request.getfixturevalue("rabbitmq_url"))
+
+
+@pytest.fixture
+def command_url(
+    settings: Settings, serve_app: Callable[[Any], str], broker_url: str
+) -> Iterator[str]:
     """A real command service with a real worker (projector and assistant) behind it."""
     from services.command.app import create_app
     from workers.main import running_worker
 
+    settings = msgspec.structs.replace(settings, broker_url=broker_url)
     with running_worker(settings, threads=4):
         yield serve_app(create_app(settings))

@@ -1,17 +1,23 @@
 """POST /api/v1/chat's default answer: the reply itself as server-sent events, over real
-HTTP with a real SSE client, a real worker answering through the Redis broker."""
+HTTP with a real SSE client, a real worker answering through the broker (Redis, and
+RabbitMQ for the tests marked on_both_brokers)."""
 
 from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import httpx
+import msgspec
 import psycopg
 from httpx_sse import connect_sse
 
-from tests.integration.conftest import client, wait_until
+from services.command.app import create_app
+from services.core.settings import Settings
+from tests.integration.conftest import client, on_both_brokers, wait_until
+from workers.main import running_worker
 
 
 def _user(base: str) -> uuid.UUID:
@@ -27,6 +33,7 @@ def _post_streamed(base: str, user: uuid.UUID, body: dict[str, Any]) -> list[tup
         return [(e.event, e.data) for e in source.iter_sse()]
 
 
+@on_both_brokers
 def test_a_streamed_chat_sends_session_then_the_reply_then_done(
     command_url: str, db: psycopg.Connection[Any]
 ) -> None:
@@ -46,6 +53,7 @@ def test_a_streamed_chat_sends_session_then_the_reply_then_done(
         (session["session_id"],)).fetchone() == (streamed,))
 
 
+@on_both_brokers
 def test_a_streamed_chat_continues_a_session_and_streams_only_the_new_reply(
     command_url: str,
 ) -> None:
@@ -78,3 +86,33 @@ def test_bad_input_on_a_streamed_chat_is_a_plain_json_error(command_url: str) ->
     with client(command_url, user) as c:
         r = c.post("/api/v1/chat", json={"text": "   "})
     assert r.status_code == 400 and r.json()["error"] == "empty_text"
+
+
+@on_both_brokers
+def test_a_stop_mid_reply_ends_the_stream_with_the_partial_reply_stored_as_stopped(
+    settings: Settings, serve_app: Callable[[Any], str], broker_url: str
+) -> None:
+    # a slow reply (0.2 s a delta), stopped as soon as its first deltas arrive
+    slow = msgspec.structs.replace(settings, broker_url=broker_url,
+                                   llm_offline_delay_seconds=0.2)
+    seen: list[tuple[str, str]] = []
+    with running_worker(slow, threads=2):
+        base = serve_app(create_app(slow))
+        user = _user(base)
+        with httpx.Client(base_url=base, timeout=30) as c, connect_sse(
+            c, "POST", "/api/v1/chat", json={"text": "Tell me a story"},
+            headers={"X-User-ID": str(user)},
+        ) as source:
+            for event in source.iter_sse():
+                seen.append((event.event, event.data))
+                if [k for k, _ in seen].count("delta") == 2:
+                    session_id = json.loads(seen[0][1])["session_id"]
+                    stopped = c.post(f"/api/v1/sessions/{session_id}/stop",
+                                     headers={"X-User-ID": str(user)})
+                    assert stopped.status_code == 204
+    kinds = [k for k, _ in seen]
+    assert kinds[-1] == "done" and kinds[-2] == "message", kinds
+    stored = json.loads(seen[-2][1])
+    assert stored["metadata"]["finish_reason"] == "stopped"
+    streamed = "".join(json.loads(data)["text"] for kind, data in seen if kind == "delta")
+    assert stored["content"] == streamed

@@ -20,7 +20,7 @@ from httpx_sse import connect_sse
 
 from services.core import events as ev
 from services.core.eventstore import StreamAppend, append_sync
-from tests.integration.conftest import wait_until
+from tests.integration.conftest import on_both_brokers, wait_until
 from tests.integration.faultkit import (
     System,
     assert_event_store_consistent,
@@ -110,12 +110,14 @@ def _replies(conn: psycopg.Connection[Any], message_id: str) -> list[tuple[str]]
     ).fetchall()
 
 
+@on_both_brokers
 def test_a_reply_whose_worker_is_killed_is_recorded_as_failed_and_the_client_told(
-    fresh_db: psycopg.Connection[Any], redis_url: str, tmp_path: Path
+    fresh_db: psycopg.Connection[Any], redis_url: str, tmp_path: Path, broker_url: str
 ) -> None:
     # a slow offline provider (about 6 s a reply) and a short lease: the kill lands mid-way
     with system(_url(fresh_db), redis_url, tmp_path, llm_offline_delay_seconds="0.3",
-                reply_lease_seconds="1.5", reply_recovery_sweep_seconds="0.2") as sys_:
+                reply_lease_seconds="1.5", reply_recovery_sweep_seconds="0.2",
+                broker_url=broker_url) as sys_:
         sys_.service("command")
         worker = sys_.worker()
         user = _user(sys_)
