@@ -60,13 +60,13 @@ def _import_legacy(settings: Settings, _args: argparse.Namespace) -> int:
 
 def _events_tail(settings: Settings, args: argparse.Namespace) -> int:
     import psycopg
-    import redis
 
+    from services.core.redisconn import sync_redis
     from workers.publisher import start_id, stream_key, tail
 
     with psycopg.connect(settings.database_url, autocommit=True) as conn:
         start = start_id(conn, args.from_position)
-    client = redis.Redis.from_url(settings.redis_url)
+    client = sync_redis(settings)
     try:
         tail(client, stream_key(settings), start, group=args.group, consumer=args.consumer,
              follow=args.follow, limit=args.limit)

@@ -260,7 +260,7 @@ def _store(
         if result == "deleted":
             _live(writer.error, "session_deleted", "the session was deleted")
         return
-    wake_followers_sync(runtime.redis, runtime.settings)
+    wake_followers_sync(runtime.wake_redis, runtime.settings)
     writer.message(
         {
             "message_id": str(event.message_id),
@@ -325,4 +325,4 @@ def _fail(
         # internal hosts or echo upstream bodies); the event and the logs keep the detail.
         _live(writer.error, code, f"the assistant could not reply ({code})")
     if not isinstance(result, str):
-        wake_followers_sync(runtime.redis, runtime.settings)
+        wake_followers_sync(runtime.wake_redis, runtime.settings)

@@ -82,7 +82,7 @@ def recover_lost_jobs(runtime: WorkerRuntime) -> int | None:
     set again), moves the checkpoint back before the oldest unanswered message and wakes the
     dispatcher. Returns the position it moved back to, if it did."""
     s = runtime.settings
-    if not runtime.redis.set(marker_key(s), b"1", nx=True):
+    if not runtime.wake_redis.set(marker_key(s), b"1", nx=True):
         return None
     with runtime.pool.connection() as conn, conn.transaction():
         at = claim_checkpoint_sync(conn, DISPATCHER, wait=True)
@@ -94,7 +94,7 @@ def recover_lost_jobs(runtime: WorkerRuntime) -> int | None:
             return None
         save_checkpoint_sync(conn, DISPATCHER, Checkpoint(row[0], row[1] - 1))
     log.warning("replies_requested_again", reason="broker_lost_jobs", from_position=row[1])
-    wake_followers_sync(runtime.redis, s)
+    wake_followers_sync(runtime.wake_redis, s)
     return int(row[1])
 
 

@@ -82,7 +82,7 @@ def running_worker(settings: Settings, threads: int = 4) -> Iterator[WorkerRunti
     ]
     background = [
         *followers,
-        threading.Thread(target=listen_for_wakeups, args=(runtime.redis, s, followers, stop),
+        threading.Thread(target=listen_for_wakeups, args=(runtime.wake_redis, s, followers, stop),
                          name="wakeups", daemon=True),
         threading.Thread(target=_sweep, args=(runtime, stop), name="sweep", daemon=True),
     ]

@@ -1,9 +1,10 @@
 """The lease a reply holds while it is written: it makes a reply run once, and it tells
 when the worker writing one died.
 
-A reply being written holds `{prefix}reply:{message_id}` (owner token, expiring after
-settings.reply_lease_seconds, renewed by a small thread every third of that while the reply
-runs) and an entry in the hash `{prefix}replies:inflight` (message id → session id). A
+A reply being written holds `{prefix}{replies}:lease:<message_id>` (owner token, expiring
+after settings.reply_lease_seconds, renewed by a small thread every third of that while the
+reply runs) and an entry in the hash `{prefix}{replies}:inflight` (message id → session id;
+`{replies}` is a Redis Cluster hash tag: both in one slot). A
 duplicate delivery finds the lease taken and leaves. A worker killed mid-reply stops
 renewing; once its lease has run out, another worker's sweep (workers/main.py) takes the
 entry (abandoned_replies) and records the reply as failed (AssistantReplyFailed with code
@@ -58,12 +59,14 @@ end
 return 0
 """
 
+# The lease and the in-flight hash change together in one script, so they share a Redis
+# Cluster hash tag ({replies}: one slot for every reply in flight).
 def lease_key(runtime: WorkerRuntime, message_id: str) -> str:
-    return f"{runtime.settings.redis_prefix}reply:{message_id}"
+    return f"{runtime.settings.redis_prefix}{{replies}}:lease:{message_id}"
 
 
 def inflight_key(runtime: WorkerRuntime) -> str:
-    return f"{runtime.settings.redis_prefix}replies:inflight"
+    return f"{runtime.settings.redis_prefix}{{replies}}:inflight"
 
 
 def _lease_ms(runtime: WorkerRuntime) -> int:

@@ -10,8 +10,10 @@ from dataclasses import dataclass, field
 import dramatiq
 import redis
 from psycopg_pool import ConnectionPool
+from redis import Redis
 
 from services.core.db import open_pool
+from services.core.redisconn import sync_plain_redis, sync_redis
 from services.core.settings import Settings
 from workers.broker import make_broker
 
@@ -20,19 +22,29 @@ from workers.broker import make_broker
 class WorkerRuntime:
     settings: Settings
     pool: ConnectionPool  # as the migrating (owner) user; the projector SETs its own role
-    redis: redis.Redis
+    redis: redis.Redis  # the live data: a Redis Cluster with REDIS_CLUSTER_URLS
     broker: dramatiq.Broker
     closed: bool = field(default=False)
     owns_broker: bool = field(default=False)  # made by open(): closed with the runtime
+    # REDIS_URL's Redis when the live data is on a cluster (services/core/redisconn.py)
+    plain_redis: Redis | None = field(default=None)
+
+    @property
+    def wake_redis(self) -> Redis:
+        """Where the followers' wake-ups travel and the dispatcher's broker marker lives."""
+        return self.plain_redis or self.redis
 
     @classmethod
     def open(cls, settings: Settings, broker: dramatiq.Broker | None = None) -> WorkerRuntime:
+        live = sync_redis(settings)
+        plain = sync_plain_redis(settings, live)
         return cls(
             settings=settings,
             pool=open_pool(settings.database_url, max_size=12),
-            redis=redis.Redis.from_url(settings.redis_url),
+            redis=live,
             broker=broker or make_broker(settings),
             owns_broker=broker is None,
+            plain_redis=plain if plain is not live else None,
         )
 
     def close(self) -> None:
@@ -40,5 +52,7 @@ class WorkerRuntime:
             self.closed = True
             self.pool.close()
             self.redis.close()
+            if self.plain_redis is not None:
+                self.plain_redis.close()
             if self.owns_broker:
                 self.broker.close()  # RabbitMQ: one AMQP connection per thread that used it

@@ -12,7 +12,6 @@ from litestar.di import NamedDependency, Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.params import HeaderParameter
 from psycopg_pool import AsyncConnectionPool
-from redis import asyncio as aioredis
 
 from services.command.auth import Caller, authenticate
 from services.command.controllers import (
@@ -25,6 +24,7 @@ from services.command.stop import StopController
 from services.core.db import open_async_pool
 from services.core.health import health_controller
 from services.core.logging import configure_logging
+from services.core.redisconn import async_plain_redis, async_redis
 from services.core.settings import Settings
 from services.core.wakeup import Wake
 from services.http.auth import USER_HEADER, parse_user_id
@@ -86,13 +86,17 @@ def create_app(settings: Settings) -> Litestar:
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         # The owner user, no role: the command side writes the event store, nothing else.
         app.state.pool = await open_async_pool(settings.database_url)
-        app.state.redis = aioredis.Redis.from_url(settings.redis_url)  # live replies, stop
-        app.state.wake = Wake(app.state.redis, settings)  # after each commit: "news"
+        app.state.redis = async_redis(settings)  # live replies, stop (Redis Cluster if set)
+        # the wake-up travels on REDIS_URL's Redis, where the workers subscribe
+        wake_redis = async_plain_redis(settings, app.state.redis)
+        app.state.wake = Wake(wake_redis, settings)  # after each commit: "news"
         try:
             yield
         finally:
             await app.state.pool.close()
             await app.state.redis.aclose()
+            if wake_redis is not app.state.redis:
+                await wake_redis.aclose()
 
     return Litestar(
         route_handlers=[*CONTROLLERS, metrics_handler("command")],

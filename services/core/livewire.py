@@ -26,16 +26,20 @@ FINAL = frozenset({DONE, ERROR})
 STOP_TTL_SECONDS = 30  # a stop is for the reply being written now, not one hours later
 
 
+# Key names carry a Redis Cluster hash tag (the part in braces picks the slot): a session's
+# keys share one slot, so the writer's script over live + latest stays on one node.
+
+
 def live_key(settings: Settings, session_id: uuid.UUID | str) -> str:
-    return f"{settings.redis_prefix}live:{session_id}"
+    return f"{settings.redis_prefix}live:{{{session_id}}}"
 
 
 def latest_key(settings: Settings, session_id: uuid.UUID | str) -> str:
-    return f"{settings.redis_prefix}live:{session_id}:latest"
+    return f"{settings.redis_prefix}live:{{{session_id}}}:latest"
 
 
 def stop_key(settings: Settings, session_id: uuid.UUID | str) -> str:
-    return f"{settings.redis_prefix}stop:{session_id}"
+    return f"{settings.redis_prefix}stop:{{{session_id}}}"
 
 
 def text(value: bytes | str) -> str:

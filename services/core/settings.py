@@ -12,6 +12,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     redis_url: str = "redis://127.0.0.1:6379/0"
     # Every Redis key this deployment writes starts with this (tests use one per run).
     redis_prefix: str = "chat:"
+    # A Redis Cluster for live replies, leases, stop flags and the analytics stream
+    # (comma-separated startup nodes, `redis://host:port,...`; empty = REDIS_URL):
+    # services/core/redisconn.py. The Dramatiq broker stays on REDIS_URL or BROKER_URL.
+    redis_cluster_urls: str = ""
     # The Dramatiq broker: empty = the Redis broker on redis_url; `amqp://user:pass@host/vhost`
     # = RabbitMQ (production); workers/broker.py.
     broker_url: str = ""

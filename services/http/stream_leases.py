@@ -12,7 +12,8 @@ from services.core.settings import Settings
 
 
 def streams_key(settings: Settings, user_id: uuid.UUID | str) -> str:
-    return f"{settings.redis_prefix}streams:{user_id}"
+    # hash-tagged by user: one key (one Redis Cluster slot) per user
+    return f"{settings.redis_prefix}streams:{{{user_id}}}"
 
 
 class StreamLease:

@@ -10,12 +10,12 @@ from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.types import ControllerRouterHandler
-from redis import asyncio as aioredis
 
 from services.core.db import QUERY_ROLE, open_async_pool
 from services.core.health import health_controller
 from services.core.logging import configure_logging
 from services.core.metrics import refresh_projection_lag
+from services.core.redisconn import async_redis
 from services.core.settings import Settings
 from services.http.layer import api_description, http_layer
 from services.http.metrics import metrics_handler
@@ -46,7 +46,7 @@ def create_app(settings: Settings) -> Litestar:
         # SET ROLE chat_query on every connection: RLS-bound, SELECT only.
         pool = await open_async_pool(settings.database_url, role=QUERY_ROLE)
         app.state.pool = pool
-        app.state.redis = aioredis.Redis.from_url(settings.redis_url)  # live reply streams
+        app.state.redis = async_redis(settings)  # live reply streams
         try:
             yield
         finally:

@@ -22,6 +22,7 @@ from httpx_sse import ServerSentEvent, connect_sse
 
 from services.core import events as ev
 from services.core.eventstore import StreamAppend, append_sync, read_stream_sync
+from services.core.livewire import latest_key, live_key
 from services.core.settings import Settings
 from services.http.sse import relay
 from services.http.stream_leases import streams_key
@@ -307,10 +308,11 @@ def test_the_live_stream_key_is_bounded_and_expires(
     chat = new_chat(runtime)
     reply_in_background(runtime, chat, 0).join(timeout=10)
     client = redis.Redis.from_url(stream_settings.redis_url)
-    key = f"{stream_settings.redis_prefix}live:{chat.session_id}"
+    key = live_key(stream_settings, chat.session_id)
     ttl = client.ttl(key)
     assert 0 < ttl <= stream_settings.live_stream_ttl_seconds  # type: ignore[operator]
-    assert 0 < client.ttl(key + ":latest") <= stream_settings.live_stream_ttl_seconds  # type: ignore[operator]
+    latest = latest_key(stream_settings, chat.session_id)
+    assert 0 < client.ttl(latest) <= stream_settings.live_stream_ttl_seconds  # type: ignore[operator]
     client.close()
 
 
