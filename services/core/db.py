@@ -90,9 +90,12 @@ def _set_role_async(role: str | None):  # type: ignore[no-untyped-def]
 
 
 async def open_async_pool(
-    url: str, *, role: str | None = None, min_size: int = 2, max_size: int = 10
+    url: str, *, role: str | None = None, min_size: int = 2, max_size: int = 10,
+    wait: bool = True,
 ) -> AsyncConnectionPool:
-    """A pool whose connections act as `role` (SET ROLE at connect) when one is given."""
+    """A pool whose connections act as `role` (SET ROLE at connect) when one is given.
+    wait=False returns at once and connects in the background (a server that may be down,
+    like a read replica, must not keep the service from starting)."""
     pool = CheckedAsyncPool(
         url,
         min_size=min_size,
@@ -101,7 +104,7 @@ async def open_async_pool(
         configure=_set_role_async(role),
         kwargs={"autocommit": False},
     )
-    await pool.open(wait=True, timeout=30)
+    await pool.open(wait=wait, timeout=30)
     return pool
 
 

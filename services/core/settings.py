@@ -54,6 +54,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     live_stream_ttl_seconds: int = 3600
     sse_heartbeat_seconds: float = 15.0
     min_position_wait_seconds: float = 5.0
+    # Read replicas (services/query/replicas.py): hot standbys the query service reads from
+    # (comma-separated URLs, as the owner user like DATABASE_URL; empty = the primary only).
+    # A read with a position waits on its replica at most replica_wait_seconds before
+    # trying the others and the primary; a replica that failed is skipped for
+    # replica_retry_seconds.
+    query_database_urls: str = ""
+    replica_wait_seconds: float = 1.0
+    replica_retry_seconds: float = 5.0
     # The assistant
     llm_provider: str = "offline"
     llm_base_url: str = ""

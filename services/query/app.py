@@ -22,6 +22,7 @@ from services.http.metrics import metrics_handler
 from services.query.consistency import PROJECTION
 from services.query.controllers import SessionsController, UsersController
 from services.query.reader import provide_reader
+from services.query.replicas import ReadPools, Replica, replica_urls
 from services.query.streaming import StreamController
 
 # Every route of the query service. The live stream (services/query/streaming.py) joins here.
@@ -45,12 +46,16 @@ def create_app(settings: Settings) -> Litestar:
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         # SET ROLE chat_query on every connection: RLS-bound, SELECT only.
         pool = await open_async_pool(settings.database_url, role=QUERY_ROLE)
+        replicas = [Replica.of(url, await open_async_pool(url, role=QUERY_ROLE, wait=False))
+                    for url in replica_urls(settings)]
         app.state.pool = pool
+        app.state.read_pools = ReadPools(pool, replicas, settings)
         app.state.redis = async_redis(settings)  # live reply streams
         try:
             yield
         finally:
             app.state.pool = None
+            await app.state.read_pools.close()
             await pool.close()
             await app.state.redis.aclose()
 

@@ -15,17 +15,12 @@ from litestar import Response
 from litestar.datastructures import State
 from litestar.params import HeaderParameter, QueryParameter
 from psycopg import AsyncConnection
-from psycopg_pool import AsyncConnectionPool
 
 from services.core.db import SET_USER
 from services.core.settings import Settings
 from services.http.auth import USER_HEADER, parse_user_id, unknown_user
-from services.query.consistency import (
-    LAG_HEADER,
-    MIN_POSITION_HEADER,
-    parse_min_position,
-    wait_for_position,
-)
+from services.query.consistency import LAG_HEADER, MIN_POSITION_HEADER, parse_min_position
+from services.query.replicas import ReadPools
 from services.query.users import UserProfile, fetch_user
 
 T = TypeVar("T")
@@ -69,16 +64,15 @@ async def provide_reader(
     user_id = parse_user_id(x_user_id)
     position = parse_min_position(x_min_position, min_position)
     settings: Settings = state.settings
-    pool: AsyncConnectionPool = state.pool
+    read_pools: ReadPools = state.read_pools
 
-    lag = False
-    if position is not None:
-        reached = await wait_for_position(pool, position, settings.min_position_wait_seconds)
-        if not reached:
-            lag = True
-            log.info("projection_lag", min_position=position)
+    # a replica (or the primary) whose read model has reached `position`, if any can
+    route = await read_pools.route(position, settings.min_position_wait_seconds)
+    lag = not route.reached
+    if lag:
+        log.info("projection_lag", min_position=position)
 
-    async with pool.connection(timeout=CONNECTION_TIMEOUT_SECONDS) as conn, conn.transaction():
+    async with route.connection(CONNECTION_TIMEOUT_SECONDS) as conn, conn.transaction():
         # Transaction-local (is_local = true): it ends with the transaction, so the pooled
         # connection goes back with app.user_id = '' and RLS shows the next borrower nothing.
         async with conn.pipeline():  # one round trip for both
