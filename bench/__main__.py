@@ -17,6 +17,7 @@ BENCHES = {
     "http": "bench.http",
     "e2e": "bench.e2e",
     "replay": "bench.replay",
+    "brokers": "bench.brokers",
 }
 
 
