@@ -30,7 +30,7 @@ from psycopg import sql
 
 from bench import common
 from services.core import events as ev
-from workers import replay, replay_fold
+from workers import replay, replay_bulk
 from workers.projector import catch_up
 
 CHUNK = 20_000
@@ -167,7 +167,7 @@ def run(events: int, quick: bool, per_event: bool, live: bool) -> dict[str, Any]
         print(f"filled {n:,} events in {filled:.1f} s")
         if (waited := wait_visible(url)) > 0.5:
             print(f"waited {waited:.1f} s for other transactions on the server to end")
-        data: dict[str, Any] = {"events": n, "chunk": replay_fold.CHUNK,
+        data: dict[str, Any] = {"events": n, "chunk": replay_bulk.CHUNK,
                                 "fill_seconds": round(filled, 1)}
         if live:
             started = time.perf_counter()

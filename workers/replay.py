@@ -8,10 +8,13 @@ How, and why this way:
    from a DDL template of our own, so the copy cannot drift from the migrations; a test
    compares both catalogs. Everything is copied under its own name, so after the swap the
    tables look exactly as the migrations left them and later migrations still find them.
-2. Project. The projector's own code (workers/projector.py) applies the events: it names
-   its tables unqualified, so `SET LOCAL search_path = rebuild, public` points its writes,
-   and the statement-level trigger function's UPDATE of `sessions`, at the new tables while
-   `events` and the checkpoints still resolve to public. The rebuild follows its own
+2. Project. The read model's one fold (workers/fold.py) applies the events: for the
+   initial build its rows go in with COPY in chunks (workers/replay_bulk.py: loading mode,
+   bounded memory); otherwise, and for the catch-up in the swap, the live projector's own
+   writer (workers/projector.py) applies them. Both name their tables unqualified, so
+   `SET LOCAL search_path = rebuild, public` points their writes, and the statement-level
+   trigger function's UPDATE of `sessions`, at the new tables while `events` and the
+   checkpoints still resolve to public. The rebuild follows its own
    checkpoint row (`<projection>@rebuild`) in batches of REBUILD_BATCH events, one
    transaction each, so an interrupted build has lost at most one batch of work, and the
    query side keeps reading the live tables meanwhile (the live projector keeps them current).
@@ -63,7 +66,7 @@ from services.core.eventstore import (
     read_all_sync,
     save_checkpoint_sync,
 )
-from workers import projector, replay_fold
+from workers import projector, replay_bulk
 
 log = structlog.get_logger("replay")
 
@@ -229,20 +232,20 @@ class Projection:
 
 
 def _apply_read_model(conn: Conn, batch: list[RecordedEvent]) -> list[RecordedEvent]:
-    """The projector's own apply, one savepoint for the batch; on failure, one per event."""
+    """The projector's own writer, one savepoint for the batch; on failure, one per event."""
     try:
         # pipeline mode: statements go out without waiting for each answer (the batch's
         # thousands of small INSERTs would otherwise cost a round trip each)
         with conn.pipeline(), conn.transaction():
             projector.apply_events(conn, batch)
         return []
-    except psycopg.Error:
+    except projector.REFUSED:
         failed: list[RecordedEvent] = []
         for recorded in batch:
             try:
                 with conn.transaction():
                     projector.apply_events(conn, [recorded])
-            except psycopg.Error as exc:
+            except projector.REFUSED as exc:
                 log.error("replay_event_failed", position=recorded.position,
                           type=recorded.type, error=str(exc))
                 failed.append(recorded)
@@ -251,7 +254,7 @@ def _apply_read_model(conn: Conn, batch: list[RecordedEvent]) -> list[RecordedEv
 
 def _bulk_read_model(conn: Conn, projection: Projection, progress: Progress | None,
                      chunk: int) -> int:
-    """The read model folded in Python and written with COPY (workers/replay_fold.py)."""
+    """The read model's fold written with COPY (workers/replay_bulk.py)."""
     name = projection.rebuild_checkpoint
 
     def park(c: Conn, position: int, why: str) -> None:
@@ -260,7 +263,7 @@ def _bulk_read_model(conn: Conn, projection: Projection, progress: Progress | No
     def save(c: Conn, at: Checkpoint) -> None:
         save_checkpoint_sync(c, name, at)
 
-    return replay_fold.build(conn, REBUILD_SCHEMA, park=park, save_checkpoint=save,
+    return replay_bulk.build(conn, REBUILD_SCHEMA, park=park, save_checkpoint=save,
                              progress=progress.advance if progress else None, chunk=chunk)
 
 
@@ -506,7 +509,7 @@ def count_pending(conn: Conn, projection: Projection) -> int:
 
 def replay(database_url: str, names: Iterable[str] | None = None,
            out: TextIO | None = None, batch_size: int = REBUILD_BATCH, *,
-           bulk: bool = True, chunk: int = replay_fold.CHUNK) -> dict[str, int]:
+           bulk: bool = True, chunk: int = replay_bulk.CHUNK) -> dict[str, int]:
     """Rebuilds the named projections (all when None), one after another.
 
     The initial build uses the projection's bulk build when it has one (and `bulk`), in
@@ -545,7 +548,7 @@ def _replay_one(conn: Conn, projection: Projection, out: TextIO | None,
     if chunk > 0 and projection.bulk_build is not None:
         try:
             total = projection.bulk_build(conn, projection, progress, chunk)
-        except (replay_fold.BulkBuildRefused, psycopg.Error) as exc:
+        except (replay_bulk.BulkBuildRefused, psycopg.Error) as exc:
             log.warning("replay_bulk_build_failed", projection=projection.name,
                         error=f"{type(exc).__name__}: {exc}")
             prepare(conn, projection)  # start over, event by event

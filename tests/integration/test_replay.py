@@ -22,7 +22,8 @@ from services.core.eventstore import (
     stream_info_sync,
 )
 from services.core.legacy_import import import_legacy
-from workers import replay, replay_fold
+from workers import replay, replay_bulk
+from workers.fold import Round
 from workers.projector import PROJECTION, catch_up
 
 READ_MODEL_TABLES = replay.READ_MODEL.tables
@@ -227,7 +228,7 @@ def fresh_db(make_database: Callable[[], str]) -> Iterator[tuple[str, psycopg.Co
 
 
 # bulk build in one chunk, in many (rows rewritten across chunks), and event by event
-BUILDS = [pytest.param(True, replay_fold.CHUNK, id="bulk"),
+BUILDS = [pytest.param(True, replay_bulk.CHUNK, id="bulk"),
           pytest.param(True, 97, id="bulk-small-chunks"),
           pytest.param(False, 0, id="per-event")]
 
@@ -244,7 +245,7 @@ def test_replay_rebuilds_the_read_model_row_for_row(
     definition = describe(conn, "public")
     assert len(before["chat_messages"]) > 1000 and len(before["turns"]) > 12
 
-    applied = replay.replay(url, bulk=bulk, chunk=chunk or replay_fold.CHUNK)
+    applied = replay.replay(url, bulk=bulk, chunk=chunk or replay_bulk.CHUNK)
 
     assert applied["read_model"] == conn.execute("SELECT count(*) FROM events").fetchone()[0]
     after = snapshot(conn)
@@ -368,7 +369,7 @@ def test_an_interrupted_replay_leaves_the_live_model_and_can_be_rerun(
     project_all(url)
     before = snapshot(conn)
     calls = [0]
-    real_advance, real_flush = replay.advance, replay_fold.ReadModelFold.flush
+    real_advance, real_write = replay.advance, replay_bulk.write_round
 
     def failing_advance(c: psycopg.Connection[Any], p: replay.Projection, limit: int) -> int:
         calls[0] += 1
@@ -376,22 +377,21 @@ def test_an_interrupted_replay_leaves_the_live_model_and_can_be_rerun(
             raise KeyboardInterrupt  # the operator's Ctrl-C, mid-build
         return real_advance(c, p, 100)
 
-    def failing_flush(fold: replay_fold.ReadModelFold, c: psycopg.Connection[Any],
-                      schema: str) -> None:
+    def failing_write(c: psycopg.Connection[Any], changes: Round, insert: Any) -> None:
         calls[0] += 1
         if calls[0] == 3:
             raise KeyboardInterrupt
-        real_flush(fold, c, schema)
+        real_write(c, changes, insert)
 
     monkeypatch.setattr(replay, "advance", failing_advance)
-    monkeypatch.setattr(replay_fold.ReadModelFold, "flush", failing_flush)
+    monkeypatch.setattr(replay_bulk, "write_round", failing_write)
     with pytest.raises(KeyboardInterrupt):
         replay.replay(url, bulk=bulk, chunk=100)
     assert snapshot(conn) == before  # the live tables were never touched
     assert conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = 'rebuild'").fetchone()
 
     monkeypatch.setattr(replay, "advance", real_advance)
-    monkeypatch.setattr(replay_fold.ReadModelFold, "flush", real_flush)
+    monkeypatch.setattr(replay_bulk, "write_round", real_write)
     replay.replay(url, bulk=bulk)
     assert snapshot(conn) == before
 
@@ -513,7 +513,7 @@ class ChaosWorkload(Workload):
 PARKED = "SELECT position FROM parked_events WHERE parked AND projection = %s ORDER BY 1"
 
 
-@pytest.mark.parametrize(("seed", "chunk"), [(11, replay_fold.CHUNK), (12, 61), (13, 500)])
+@pytest.mark.parametrize(("seed", "chunk"), [(11, replay_bulk.CHUNK), (12, 61), (13, 500)])
 def test_the_bulk_build_equals_the_live_projection_on_random_events(
     fresh_db: tuple[str, psycopg.Connection[Any]], seed: int, chunk: int,
 ) -> None:
