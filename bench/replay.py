@@ -1,5 +1,5 @@
-"""Replay throughput: `.venv/bin/python -m bench.replay [--events N | --quick] [--live]
-[--per-event]`.
+"""Replay throughput and memory: `.venv/bin/python -m bench.replay [--events N | --quick]
+[--chunk N] [--live] [--per-event]`.
 
 Creates a throwaway database on the server of BENCH_DATABASE_URL (default: the local
 PostgreSQL), fills its event store with N events (default 1,000,000; --quick: 50,000) by
@@ -9,6 +9,8 @@ and, in the same run, the floor it is measured against: a bare COPY of the rows 
 (dumped with COPY TO into memory) into empty tables with the same definitions (replay's own
 copy of the live tables: keys, indexes, checks, foreign keys; the trigger disabled), in one
 transaction. --per-event also times the replay's per-event path, --live the live projector.
+Each replay runs in a process of its own, whose peak resident memory is reported: the
+bulk build streams (state per chunk only), so it should not grow with N.
 Rows are appended in chunks of CHUNK events, one transaction each: a long transaction
 anywhere on the server holds back every follower's snapshot xmin.
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import multiprocessing
 import resource
 import time
 import uuid
@@ -117,12 +120,26 @@ def wait_visible(url: str) -> float:
     return time.perf_counter() - started
 
 
-def _time_replay(url: str, n: int, bulk: bool) -> dict[str, Any]:
+def _replay_child(url: str, bulk: bool, chunk: int, results: Any) -> None:
     started = time.perf_counter()
-    applied = replay.replay(url, out=io.StringIO(), bulk=bulk)["read_model"]
+    applied = replay.replay(url, out=io.StringIO(), bulk=bulk, chunk=chunk)["read_model"]
     took = time.perf_counter() - started
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    results.put((applied, took, peak))
+
+
+def _time_replay(url: str, n: int, bulk: bool, chunk: int) -> dict[str, Any]:
+    """Runs the replay in a fresh process of its own, so that its peak resident memory is
+    the replay's alone (not the fill's, nor this process's)."""
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    child = context.Process(target=_replay_child, args=(url, bulk, chunk, results))
+    child.start()
+    applied, took, peak = results.get()
+    child.join()
     assert applied == n, (applied, n)
-    return {"seconds": round(took, 3), "events_per_s": round(n / took)}
+    return {"seconds": round(took, 3), "events_per_s": round(n / took),
+            "peak_rss_mb": round(peak)}
 
 
 def bare_copy(url: str) -> dict[str, Any]:
@@ -159,7 +176,8 @@ def bare_copy(url: str) -> dict[str, Any]:
             "megabytes": round(sum(map(len, dumps.values())) / 1e6, 1)}
 
 
-def run(events: int, quick: bool, per_event: bool, live: bool) -> dict[str, Any]:
+def run(events: int, quick: bool, per_event: bool, live: bool,
+        chunk: int = replay_bulk.CHUNK) -> dict[str, Any]:
     with common.throwaway_database("replay") as url:
         started = time.perf_counter()
         n = fill(url, events)
@@ -167,7 +185,7 @@ def run(events: int, quick: bool, per_event: bool, live: bool) -> dict[str, Any]
         print(f"filled {n:,} events in {filled:.1f} s")
         if (waited := wait_visible(url)) > 0.5:
             print(f"waited {waited:.1f} s for other transactions on the server to end")
-        data: dict[str, Any] = {"events": n, "chunk": replay_bulk.CHUNK,
+        data: dict[str, Any] = {"events": n, "chunk": chunk,
                                 "fill_seconds": round(filled, 1)}
         if live:
             started = time.perf_counter()
@@ -177,34 +195,33 @@ def run(events: int, quick: bool, per_event: bool, live: bool) -> dict[str, Any]
             took = time.perf_counter() - started
             data["live_projector"] = {"seconds": round(took, 3), "events_per_s": round(n / took)}
         if per_event:
-            data["replay_per_event"] = _time_replay(url, n, bulk=False)
-        data["replay"] = _time_replay(url, n, bulk=True)
-        data["max_rss_mb_after_replay"] = round(
-            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+            data["replay_per_event"] = _time_replay(url, n, False, chunk)
+        data["replay"] = _time_replay(url, n, True, chunk)
         data["bare_copy"] = bare_copy(url)
     took, bare = data["replay"]["seconds"], data["bare_copy"]["seconds"]
     data["ratio_replay_to_bare_copy"] = round(took / bare, 2)
     rows = [["replay (bulk build + analyze + swap)", took, data["replay"]["events_per_s"],
-             data["ratio_replay_to_bare_copy"]]]
+             data["ratio_replay_to_bare_copy"], data["replay"]["peak_rss_mb"]]]
     if per_event:
         rows.append(["replay, per-event path", data["replay_per_event"]["seconds"],
                      data["replay_per_event"]["events_per_s"],
-                     round(data["replay_per_event"]["seconds"] / bare, 2)])
+                     round(data["replay_per_event"]["seconds"] / bare, 2),
+                     data["replay_per_event"]["peak_rss_mb"]])
     if live:
         rows.append(["live projector (batches of 500)", data["live_projector"]["seconds"],
                      data["live_projector"]["events_per_s"],
-                     round(data["live_projector"]["seconds"] / bare, 2)])
-    rows.append(["bare COPY of the resulting rows", bare, round(n / bare), 1.0])
+                     round(data["live_projector"]["seconds"] / bare, 2), ""])
+    rows.append(["bare COPY of the resulting rows", bare, round(n / bare), 1.0, ""])
     counts = data["bare_copy"]["rows"]
     common.print_table(
         f"Replay of {n:,} events ({counts['chat_messages']:,} messages,"
         f" {counts['turns']:,} turns, {counts['sessions']:,} sessions,"
         f" {counts['users']:,} users)",
-        ["", "seconds", "events/s", "x bare COPY"], rows)
+        ["", "seconds", "events/s", "x bare COPY", "peak RSS MB"], rows)
     data["targets"] = [
         common.target("replay events/s", data["replay"]["events_per_s"], 50_000),
-        {"name": "replay within 3x of the bare COPY", "figure": data["ratio_replay_to_bare_copy"],
-         "want": "<= 3", "met": data["ratio_replay_to_bare_copy"] <= 3},
+        {"name": "replay no slower than the bare COPY", "figure": data["ratio_replay_to_bare_copy"],
+         "want": "<= 1", "met": data["ratio_replay_to_bare_copy"] <= 1},
     ]
     common.print_targets(data["targets"])
     return common.finish("replay", quick, data)
@@ -218,10 +235,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-event", action="store_true",
                         help="also time the replay's per-event path")
     parser.add_argument("--live", action="store_true", help="also time the live projector")
+    parser.add_argument("--chunk", type=int, default=replay_bulk.CHUNK,
+                        help="events per bulk-build transaction (memory is O(chunk))")
     args, _unknown = parser.parse_known_args(argv)  # `python -m bench` passes its options on
     events = 50_000 if args.quick else args.events
     started = time.perf_counter()
-    run(events, args.quick, args.per_event, args.live)
+    run(events, args.quick, args.per_event, args.live, args.chunk)
     print(f"replay: {time.perf_counter() - started:.1f} s")
     return 0
 

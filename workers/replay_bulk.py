@@ -198,7 +198,7 @@ def _build(conn: Conn, schema: str, park: Callable[[Conn, int, str], None],
         if (conn.execute(SELECT_NOT_EMPTY).fetchone() or (True,))[0]:
             raise BulkBuildRefused(f"{schema} holds sessions or messages: it must be empty")
     total = 0
-    spent = {"read": 0.0, "fold": 0.0, "write": 0.0}
+    spent = {"read": 0.0, "decode": 0.0, "lookup": 0.0, "fold": 0.0, "write": 0.0}
     while True:
         with conn.transaction():
             clock = time.perf_counter()
@@ -215,7 +215,11 @@ def _build(conn: Conn, schema: str, park: Callable[[Conn, int, str], None],
             decode = ev.decode_event
             events = [(position, decode(data), recorded_at)
                       for position, _txid, data, recorded_at in rows]
+            spent["decode"] += time.perf_counter() - clock
+            clock = time.perf_counter()
             fold = ReadModelFold(load_known(conn, needs(e for _, e, _ in events)))
+            spent["lookup"] += time.perf_counter() - clock
+            clock = time.perf_counter()
             failed: list[tuple[int, str]] = []
             apply = fold.apply
             for position, event, recorded_at in events:

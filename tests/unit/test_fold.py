@@ -1,0 +1,88 @@
+"""The read-model fold (workers/fold.py) on its own: the row changes a batch of events
+becomes, and when it must split them into rounds. Writers and tables are tested against
+PostgreSQL in tests/integration/test_replay.py and test_projection.py."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+from services.core import events as ev
+from workers.fold import Known, ReadModelFold, SessionState
+
+T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+
+
+def at(seconds: int) -> dt.datetime:
+    return T0 + dt.timedelta(seconds=seconds)
+
+
+def session_known() -> tuple[Known, uuid.UUID, uuid.UUID]:
+    user, project, session = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    known = Known(users={user: [user, None, None, None]}, projects={project},
+                  sessions={session: SessionState(user, project, "t", True, 5)})
+    return known, user, session
+
+
+def message(session: uuid.UUID, user: uuid.UUID, turn: uuid.UUID | None = None,
+            role: ev.Role = "user") -> ev.MessagePosted:
+    return ev.MessagePosted(session_id=session, message_id=uuid.uuid4(), user_id=user,
+                            role=role, content="hi", turn_id=turn)
+
+
+def test_messages_continue_the_sessions_sequence_and_create_their_turns() -> None:
+    known, user, session = session_known()
+    fold = ReadModelFold(known)
+    turn = uuid.uuid4()
+    assert fold.apply(message(session, user, turn), at(1)) is None
+    assert fold.apply(message(session, user, turn, "assistant"), at(2)) is None
+    (changes,) = fold.rounds()
+    assert [m[9] for m in changes.messages[session]] == [6, 7]
+    assert changes.turns_new[turn][3] == "hi"  # answered in the same round
+
+
+def test_a_rename_after_a_later_message_of_its_session_starts_a_new_round() -> None:
+    """The writers insert messages (whose trigger keeps updated_at = greatest(...)) after
+    a round's session updates: a rename timed before a message it follows must come after."""
+    known, user, session = session_known()
+    fold = ReadModelFold(known)
+    fold.apply(message(session, user), at(10))
+    fold.apply(ev.SessionRenamed(session_id=session, title="new"), at(5))
+    first, second = fold.rounds()
+    assert session in first.messages and not first.sessions_updated
+    assert second.sessions_updated[session] == [session, "new", True, at(5)]
+
+
+def test_a_rename_in_time_order_stays_in_the_round() -> None:
+    known, user, session = session_known()
+    fold = ReadModelFold(known)
+    fold.apply(message(session, user), at(1))
+    fold.apply(ev.SessionRenamed(session_id=session, title="new"), at(2))
+    assert len(fold.rounds()) == 1
+
+
+def test_deleting_a_session_unlinks_other_sessions_pending_messages_from_its_turns() -> None:
+    known, user, session = session_known()
+    other = uuid.uuid4()
+    known.sessions[other] = SessionState(user, next(iter(known.projects)), None, True, 0)
+    fold = ReadModelFold(known)
+    turn = uuid.uuid4()
+    fold.apply(message(session, user, turn), at(1))
+    fold.apply(message(other, user, turn, "assistant"), at(2))
+    fold.apply(ev.SessionDeleted(session_id=session), at(3))
+    (changes,) = fold.rounds()
+    assert session not in changes.messages and turn not in changes.turns_new
+    assert changes.messages[other][0][2] is None
+    assert changes.deleted_sessions == [session]
+
+
+def test_a_refused_event_changes_nothing() -> None:
+    known, user, session = session_known()
+    fold = ReadModelFold(known)
+    posted = message(session, user)
+    assert fold.apply(posted, at(1)) is None
+    assert fold.apply(posted, at(2)) is not None  # the same message id again
+    assert fold.apply(message(session, user, uuid.uuid4(), "assistant"), at(3)) is not None
+    (changes,) = fold.rounds()
+    assert len(changes.messages[session]) == 1
+    assert known.sessions[session].last_seq == 6
