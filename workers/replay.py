@@ -3,21 +3,16 @@
 How, and why this way:
 
 1. Build aside. The projection's tables are created afresh in the schema `rebuild`, copied
-   from the live tables' catalog entries (columns, defaults, checks, keys, foreign keys among
-   themselves, indexes, triggers, row level security, policies, owner, grants) rather than
-   from a DDL template of our own, so the copy cannot drift from the migrations; a test
-   compares both catalogs. Everything is copied under its own name, so after the swap the
-   tables look exactly as the migrations left them and later migrations still find them.
-2. Project. The read model's one fold (workers/fold.py) applies the events: for the
-   initial build its rows go in with COPY in chunks (workers/replay_bulk.py: loading mode,
-   bounded memory); otherwise, and for the catch-up in the swap, the live projector's own
-   writer (workers/projector.py) applies them. Both name their tables unqualified, so
-   `SET LOCAL search_path = rebuild, public` points their writes, and the statement-level
-   trigger function's UPDATE of `sessions`, at the new tables while `events` and the
-   checkpoints still resolve to public. The rebuild follows its own
-   checkpoint row (`<projection>@rebuild`) in batches of REBUILD_BATCH events, one
-   transaction each, so an interrupted build has lost at most one batch of work, and the
-   query side keeps reading the live tables meanwhile (the live projector keeps them current).
+   from the live tables' catalog entries (workers/replay_schema.py), everything under its own
+   name, so after the swap the tables look exactly as the migrations left them.
+2. Project. The read model's one fold (workers/fold.py) applies the events: the initial
+   build writes its rows with COPY, a chunk per transaction (workers/replay_bulk.py); the
+   fallback and the swap's catch-up use the live projector's writer, REBUILD_BATCH events a
+   transaction. Both name their tables unqualified, so `SET LOCAL search_path = rebuild,
+   public` points their writes, and the trigger's UPDATE of `sessions`, at the new tables
+   while `events` and the checkpoints resolve to public. The rebuild follows its own
+   checkpoint row (`<projection>@rebuild`), and the query side keeps reading the live tables
+   meanwhile (the live projector keeps them current).
 3. Swap, in one transaction: lock the live checkpoint row FOR UPDATE (the live projector
    takes it SKIP LOCKED, so it pauses rather than waits), apply the events that arrived
    meanwhile, take ACCESS EXCLUSIVE locks on old and new tables, move the old ones to the
@@ -50,7 +45,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 import psycopg
@@ -67,6 +62,8 @@ from services.core.eventstore import (
     save_checkpoint_sync,
 )
 from workers import projector, replay_bulk
+from workers.progress import Progress
+from workers.replay_schema import create_tables
 
 log = structlog.get_logger("replay")
 
@@ -77,48 +74,6 @@ SWAP_LOCK_TIMEOUT = "300ms"  # below the default deadlock_timeout (1 s): see the
 SWAP_ATTEMPTS = 50
 _REPLAY_LOCK_KEY = 7_246_002  # arbitrary, constant: one replay at a time
 
-# Catalog reads. They run with search_path = public, so names in the generated definitions
-# come out unqualified and resolve to the rebuild tables when run with search_path = rebuild.
-SELECT_CONSTRAINTS = """
-SELECT c.conname, c.contype, pg_get_constraintdef(c.oid, true),
-       CASE WHEN c.contype = 'f' THEN c.confrelid::regclass::text END
-  FROM pg_constraint c
- WHERE c.conrelid = %s::regclass AND c.contype IN ('p', 'u', 'c', 'f', 'x')
- ORDER BY c.contype = 'f', c.conname
-"""
-SELECT_INDEXES = """
-SELECT pg_get_indexdef(i.indexrelid, 0, true)
-  FROM pg_index i
- WHERE i.indrelid = %s::regclass
-   AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid)
- ORDER BY i.indexrelid::regclass::text
-"""
-SELECT_TRIGGERS = """
-SELECT pg_get_triggerdef(t.oid, true) FROM pg_trigger t
- WHERE t.tgrelid = %s::regclass AND NOT t.tgisinternal
- ORDER BY t.tgname
-"""
-SELECT_TABLE = """
-SELECT pg_get_userbyid(c.relowner), c.relrowsecurity, c.relforcerowsecurity
-  FROM pg_class c WHERE c.oid = %s::regclass
-"""
-SELECT_GRANTS = """
-SELECT pg_get_userbyid(a.grantee), a.privilege_type
-  FROM pg_class c, aclexplode(c.relacl) a
- WHERE c.oid = %s::regclass AND a.grantee <> c.relowner AND a.grantee <> 0
- ORDER BY 1, 2
-"""
-SELECT_POLICIES = """
-SELECT p.polname, p.polpermissive,
-       CASE p.polcmd WHEN 'r' THEN 'SELECT' WHEN 'a' THEN 'INSERT' WHEN 'w' THEN 'UPDATE'
-                     WHEN 'd' THEN 'DELETE' ELSE 'ALL' END,
-       ARRAY(SELECT CASE WHEN r = 0 THEN 'public' ELSE pg_get_userbyid(r) END
-               FROM unnest(p.polroles) r ORDER BY 1),
-       pg_get_expr(p.polqual, p.polrelid, true), pg_get_expr(p.polwithcheck, p.polrelid, true)
-  FROM pg_policy p WHERE p.polrelid = %s::regclass
- ORDER BY p.polname
-"""
-
 TRY_REPLAY_LOCK = "SELECT pg_try_advisory_lock(%s)"
 REPLAY_UNLOCK = "SELECT pg_advisory_unlock(%s)"
 DROP_REBUILD = f"DROP SCHEMA IF EXISTS {REBUILD_SCHEMA} CASCADE"
@@ -128,16 +83,10 @@ SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 """
 CREATE_REBUILD = f"CREATE SCHEMA {REBUILD_SCHEMA}"
 CREATE_RETIRED = f"CREATE SCHEMA {RETIRED_SCHEMA}"
-GRANT_REBUILD_USAGE = "GRANT USAGE ON SCHEMA {} TO {}"
 SEARCH_PUBLIC = "SET LOCAL search_path = public"
 SEARCH_REBUILD = f"SET LOCAL search_path = {REBUILD_SCHEMA}, public"
 RESET_LOCAL_ROLE = "SET LOCAL ROLE NONE"
 SET_LOCK_TIMEOUT = f"SET LOCAL lock_timeout = '{SWAP_LOCK_TIMEOUT}'"
-LIKE_TABLE = (
-    "CREATE TABLE {new} (LIKE {old} INCLUDING DEFAULTS INCLUDING GENERATED INCLUDING IDENTITY"
-    " INCLUDING STORAGE INCLUDING COMPRESSION INCLUDING COMMENTS INCLUDING STATISTICS)"
-)
-
 RESET_CHECKPOINT = """
 INSERT INTO projection_checkpoints (name) VALUES (%s)
 ON CONFLICT (name) DO UPDATE SET last_txid = '0'::xid8, last_position = 0,
@@ -200,7 +149,6 @@ DELETE FROM {REBUILD_SCHEMA}.dossier r
 """
 
 Conn = psycopg.Connection[Any]
-Statement = sql.Composed | sql.SQL
 
 
 class ReplayBusy(RuntimeError):
@@ -234,8 +182,7 @@ class Projection:
 def _apply_read_model(conn: Conn, batch: list[RecordedEvent]) -> list[RecordedEvent]:
     """The projector's own writer, one savepoint for the batch; on failure, one per event."""
     try:
-        # pipeline mode: statements go out without waiting for each answer (the batch's
-        # thousands of small INSERTs would otherwise cost a round trip each)
+        # pipeline mode: the batch's statements go out without waiting for each answer
         with conn.pipeline(), conn.transaction():
             projector.apply_events(conn, batch)
         return []
@@ -286,116 +233,6 @@ READ_MODEL = Projection(
 PROJECTIONS: dict[str, Projection] = {READ_MODEL.name: READ_MODEL}
 
 
-# Progress ---------------------------------------------------------------------------------
-
-
-@dataclass
-class Progress:
-    """events/s and ETA on one line of stderr (a new line per update when not a terminal)."""
-
-    label: str
-    total: int
-    out: TextIO = field(default_factory=lambda: sys.stderr)
-    interval: float = 0.5
-    done: int = 0
-    _start: float = field(default_factory=time.monotonic)
-    _shown: float = 0.0
-
-    def advance(self, n: int) -> None:
-        self.done += n
-        if time.monotonic() - self._shown >= self.interval:
-            self._show()
-
-    def finish(self) -> None:
-        self._show(final=True)
-
-    @property
-    def rate(self) -> float:
-        return self.done / max(time.monotonic() - self._start, 1e-9)
-
-    def _show(self, final: bool = False) -> None:
-        self._shown = time.monotonic()
-        rate = self.rate
-        left = max(self.total - self.done, 0)
-        eta = "--" if not rate else time.strftime("%H:%M:%S", time.gmtime(left / rate))
-        line = (f"{self.label}: {self.done}/{max(self.total, self.done)} events"
-                f"  {rate:,.0f} ev/s  ETA {eta}")
-        tty = self.out.isatty()
-        self.out.write(("\r" + line) if tty else line + "\n")
-        if final and tty:
-            self.out.write("\n")
-        self.out.flush()
-
-
-# Schema copy ------------------------------------------------------------------------------
-
-
-@dataclass
-class TableDefinition:
-    """Statements that recreate a public table's properties under search_path = rebuild."""
-
-    owner: str = ""
-    statements: list[Statement] = field(default_factory=list)
-    foreign_keys: list[Statement] = field(default_factory=list)  # after every table
-
-
-def table_definition(conn: Conn, table: str, tables: Iterable[str]) -> TableDefinition:
-    """Read with search_path = public, so that names come out unqualified."""
-    members = set(tables)
-    name = sql.Identifier(table)
-    owner, rls, force = conn.execute(SELECT_TABLE, (f"public.{table}",)).fetchone() or ("", 0, 0)
-    definition = TableDefinition()
-    statements = definition.statements
-    definition.owner = owner
-    statements.append(sql.SQL("ALTER TABLE {} OWNER TO {}").format(name, sql.Identifier(owner)))
-    for conname, contype, text, target in conn.execute(SELECT_CONSTRAINTS, (table,)):
-        if target is not None and target not in members:
-            # it would point at a table the swap retires, and the drop would remove it
-            raise RuntimeError(f"{table}.{conname} references {target}, outside the rebuild")
-        (definition.foreign_keys if contype == "f" else statements).append(
-            sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
-                name, sql.Identifier(conname), sql.SQL(text)))
-    statements += [sql.SQL(r[0]) for r in conn.execute(SELECT_INDEXES, (table,))]
-    statements += [sql.SQL(r[0]) for r in conn.execute(SELECT_TRIGGERS, (table,))]
-    if rls:
-        statements.append(sql.SQL("ALTER TABLE {} ENABLE ROW LEVEL SECURITY").format(name))
-    if force:
-        statements.append(sql.SQL("ALTER TABLE {} FORCE ROW LEVEL SECURITY").format(name))
-    for polname, permissive, cmd, roles, qual, check in conn.execute(SELECT_POLICIES, (table,)):
-        statement: Statement = sql.SQL("CREATE POLICY {} ON {} AS {} FOR {} TO {}").format(
-            sql.Identifier(polname), name, sql.SQL("PERMISSIVE" if permissive else "RESTRICTIVE"),
-            sql.SQL(cmd), sql.SQL(", ").join(
-                sql.SQL("PUBLIC") if r == "public" else sql.Identifier(r) for r in roles))
-        if qual is not None:
-            statement += sql.SQL(" USING ({})").format(sql.SQL(qual))
-        if check is not None:
-            statement += sql.SQL(" WITH CHECK ({})").format(sql.SQL(check))
-        statements.append(statement)
-    for grantee, privilege in conn.execute(SELECT_GRANTS, (table,)):
-        statements.append(sql.SQL("GRANT {} ON {} TO {}").format(
-            sql.SQL(privilege), name, sql.Identifier(grantee)))
-    return definition
-
-
-def _create_rebuild_tables(conn: Conn, projection: Projection) -> None:
-    conn.execute(SEARCH_PUBLIC)
-    statements: list[Statement] = [
-        sql.SQL(LIKE_TABLE).format(new=sql.Identifier(REBUILD_SCHEMA, t),
-                                   old=sql.Identifier("public", t))
-        for t in projection.tables]
-    definitions = [table_definition(conn, t, projection.tables) for t in projection.tables]
-    # the writer, and the owners (foreign key checks run as the referenced table's owner)
-    users = sorted({projection.role, *(d.owner for d in definitions)})
-    statements.append(sql.SQL(GRANT_REBUILD_USAGE).format(
-        sql.Identifier(REBUILD_SCHEMA), sql.SQL(", ").join(map(sql.Identifier, users))))
-    statements += [s for d in definitions for s in d.statements]
-    # foreign keys last: every table they point at must exist first
-    statements += [s for d in definitions for s in d.foreign_keys]
-    conn.execute(SEARCH_REBUILD)
-    for statement in statements:
-        conn.execute(statement)
-
-
 def _drop_leftovers(conn: Conn) -> None:
     """What an interrupted run left: a half-built rebuild, or retired tables not dropped."""
     conn.execute(DROP_REBUILD)
@@ -414,7 +251,7 @@ def prepare(conn: Conn, projection: Projection) -> None:
     with conn.transaction():
         _drop_leftovers(conn)
         conn.execute(CREATE_REBUILD)
-        _create_rebuild_tables(conn, projection)
+        create_tables(conn, REBUILD_SCHEMA, projection.tables, projection.role)
         projection.copy_foreign_rows(conn, False)
         conn.execute(RESET_CHECKPOINT, (projection.rebuild_checkpoint,))
         conn.execute(DROP_LIVE_PARKED, (projection.rebuild_checkpoint,))
