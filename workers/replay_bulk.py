@@ -10,7 +10,8 @@ Streaming, bounded memory. Events are read, folded and written in chunks of `chu
 one transaction each (a long transaction would hold back every follower's read horizon).
 The fold's state is looked up from the rebuild tables for each chunk (the rows its events
 touch, by key), so nothing is kept from one chunk to the next: memory is O(chunk), whatever
-the length of the history.
+the length of the history. Most of a chunk's message and turn ids are its own, new ones:
+those it does not look up, and the keys catch a wrong guess (see `_fold_and_write`).
 
 Loading mode. COPY FROM refuses a table whose row level security applies to the writer, and
 the rebuild tables copy the live ones' FORCE ROW LEVEL SECURITY. While loading, as the
@@ -32,9 +33,11 @@ builds again with the projector's per-event path.
 
 from __future__ import annotations
 
+import datetime as dt
 import gc
 import time
-from collections.abc import Callable, Iterator, Sequence
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -199,6 +202,7 @@ def _build(conn: Conn, schema: str, park: Callable[[Conn, int, str], None],
             raise BulkBuildRefused(f"{schema} holds sessions or messages: it must be empty")
     total = 0
     spent = {"read": 0.0, "decode": 0.0, "lookup": 0.0, "fold": 0.0, "write": 0.0}
+    fully_looked_up = 0  # chunks folded with every look-up (a delete, or a wrong guess)
     while True:
         with conn.transaction():
             clock = time.perf_counter()
@@ -216,27 +220,22 @@ def _build(conn: Conn, schema: str, park: Callable[[Conn, int, str], None],
             events = [(position, decode(data), recorded_at)
                       for position, _txid, data, recorded_at in rows]
             spent["decode"] += time.perf_counter() - clock
+            optimistic = not any(isinstance(e, ev.SessionDeleted) for _, e, _ in events)
+            try:
+                with conn.transaction():  # a savepoint: an optimistic guess may be wrong
+                    failed = _fold_and_write(conn, events, optimistic, spent)
+                fully_looked_up += not optimistic
+            except (psycopg.errors.UniqueViolation, _GuessedWrong):
+                failed = _fold_and_write(conn, events, False, spent)
+                fully_looked_up += 1
             clock = time.perf_counter()
-            fold = ReadModelFold(load_known(conn, needs(e for _, e, _ in events)))
-            spent["lookup"] += time.perf_counter() - clock
-            clock = time.perf_counter()
-            failed: list[tuple[int, str]] = []
-            apply = fold.apply
-            for position, event, recorded_at in events:
-                why = apply(event, recorded_at)
-                if why is not None:
-                    failed.append((position, why))
-            spent["fold"] += time.perf_counter() - clock
-            clock = time.perf_counter()
-            for changes in fold.rounds():
-                write_round(conn, changes, copy_rows)
             conn.execute("SET LOCAL ROLE NONE")
             for position, why in failed:
                 park(conn, position, why)
             at = Checkpoint(rows[-1][1], rows[-1][0])
             save_checkpoint(conn, at)
             n = len(rows)
-            del events, fold, rows  # before the next chunk is read
+            del events, rows  # before the next chunk is read
         spent["write"] += time.perf_counter() - clock  # with the commit
         total += n
         if progress:
@@ -245,6 +244,62 @@ def _build(conn: Conn, schema: str, park: Callable[[Conn, int, str], None],
     with conn.transaction():
         mode.leave(conn)
     spent["constraints"] = time.perf_counter() - clock
-    log.info("replay_bulk_build", events=total, chunk=chunk,
+    log.info("replay_bulk_build", events=total, chunk=chunk, fully_looked_up=fully_looked_up,
              **{f"{k}_seconds": round(v, 3) for k, v in spent.items()})
     return total
+
+
+class _GuessedWrong(Exception):
+    """An optimistic chunk needed a row it did not look up."""
+
+
+def _fold_and_write(conn: Conn, events: Sequence[tuple[int, ev.Event, dt.datetime]],
+                    optimistic: bool, spent: dict[str, float]) -> list[tuple[int, str]]:
+    """Folds a chunk from the rows its events touch and writes its rounds with COPY;
+    returns the events the fold refused, with why.
+
+    Optimistic: most of a chunk's message and turn ids are new, created by the chunk
+    itself, and probing the keys for them costs more than the fold. So, in a chunk that
+    deletes no session, message ids are not looked up, nor turns whose first mention is a
+    user message. The keys still guard them: a message or turn that did exist makes its
+    COPY fail (unique violation), and a guessed turn the fold did not insert means it may
+    have been needed; either way the caller rolls the chunk back and folds it again with
+    every look-up. A delete would hide a duplicate message (and the refusal the projector
+    would log) by dropping it: such chunks look everything up."""
+    clock = time.perf_counter()
+    wanted = needs(e for _, e, _ in events)
+    guessed: set[uuid.UUID] = set()
+    if optimistic:
+        wanted.messages.clear()
+        guessed = _introduced_turns(e for _, e, _ in events)
+        wanted.turns -= guessed
+    fold = ReadModelFold(load_known(conn, wanted))
+    spent["lookup"] += time.perf_counter() - clock
+    clock = time.perf_counter()
+    failed: list[tuple[int, str]] = []
+    apply = fold.apply
+    for position, event, recorded_at in events:
+        why = apply(event, recorded_at)
+        if why is not None:
+            failed.append((position, why))
+    rounds = fold.rounds()
+    spent["fold"] += time.perf_counter() - clock
+    if guessed and not guessed <= {t for r in rounds for t in r.turns_new}:
+        raise _GuessedWrong
+    clock = time.perf_counter()
+    for changes in rounds:
+        write_round(conn, changes, copy_rows)
+    spent["write"] += time.perf_counter() - clock
+    return failed
+
+
+def _introduced_turns(events: Iterable[ev.Event]) -> set[uuid.UUID]:
+    """Turns whose first mention is a user message (the message that creates them)."""
+    seen: set[uuid.UUID] = set()
+    introduced: set[uuid.UUID] = set()
+    for e in events:
+        if isinstance(e, ev.MessagePosted) and e.turn_id is not None and e.turn_id not in seen:
+            seen.add(e.turn_id)
+            if e.role == "user":
+                introduced.add(e.turn_id)
+    return introduced

@@ -540,7 +540,7 @@ def test_the_bulk_build_equals_the_live_projection_on_random_events(
     built = replay.READ_MODEL.bulk_build
     assert built is not None
     read = built(conn, replay.READ_MODEL, None, chunk)
-    project_all(url, batch_size=live_batch)
+    project_all(url, timeout=600.0, batch_size=live_batch)  # a batch of 1: slow, loaded
 
     assert read == conn.execute("SELECT count(*) FROM events").fetchone()[0]
     live, rebuilt = snapshot(conn), snapshot(conn, replay.REBUILD_SCHEMA)
