@@ -16,15 +16,15 @@ those it does not look up, and the keys catch a wrong guess (see `_fold_and_writ
 Loading mode. COPY FROM refuses a table whose row level security applies to the writer, and
 the rebuild tables copy the live ones' FORCE ROW LEVEL SECURITY. While loading, as the
 tables' owner, they are set NO FORCE (the owner then bypasses RLS), and their foreign keys
-and the indexes that neither back a constraint nor serve the fold's statements are
-dropped: a foreign key checked row by row costs more than the COPY itself, and an index
-built at the end is one sort instead of a million random insertions. The keys stay (the
-look-ups, updates and deletes use them), and so do the indexes the deletes walk
-(LOADING_INDEXES). The trigger update_session_last_message() stays on: it is the rule for
+and the indexes that back no constraint are dropped: a foreign key checked row by row costs
+more than the COPY itself, and an index built at the end is one sort instead of a million
+random insertions. The keys stay (the look-ups, updates and deletes use them); the indexes
+the deletes walk (DELETE_INDEXES) are built again when the first chunk with a SessionDeleted
+comes, not before. The trigger update_session_last_message() stays on: it is the rule for
 the sessions' counters, and fires once per COPY. The fold's delete statements do what the
 foreign keys' ON DELETE actions would. At the end, in one transaction, everything is put
-back under the same names and definitions, and each foreign key is validated by one join.
-A build that is interrupted leaves tables in loading mode, but the rebuild schema is never
+back under the same names and definitions, and each foreign key is validated by one join. A
+build that is interrupted leaves tables in loading mode, but the rebuild schema is never
 swapped in then: the next replay drops it.
 
 Anything the fold did not foresee (a constraint the database refuses) raises: the caller
@@ -61,8 +61,9 @@ _encode_json = msgspec.json.Encoder().encode
 CHUNK = 50_000  # events per read + write transaction
 # parents before children
 TABLES = ("users", "dossier", "user_projects", "sessions", "turns", "chat_messages")
-# Plain indexes the fold's delete statements walk (workers/fold_sql.py): kept while loading.
-LOADING_INDEXES = ("turns_session_idx", "chat_messages_turn_idx")
+# Plain indexes the fold's delete statements walk (workers/fold_sql.py): built again while
+# loading once the first delete comes (without them, each delete would scan the tables).
+DELETE_INDEXES = ("turns_session_idx", "chat_messages_turn_idx")
 
 # The follower query of services/core/eventstore.py, with the read horizon taken once per
 # chunk: as a filter (when the planner picks a sequential scan) event_read_horizon() would
@@ -90,11 +91,11 @@ SELECT_TABLE_STATE = """
 SELECT pg_get_userbyid(c.relowner), c.relforcerowsecurity FROM pg_class c
  WHERE c.oid = %s::regclass
 """
-# Indexes that back no constraint and that the fold's statements do not walk.
+# Indexes that back no constraint (the keys stay: the fold's look-ups, updates and deletes
+# use them).
 SELECT_PLAIN_INDEXES = """
 SELECT i.indexrelid::regclass::text, pg_get_indexdef(i.indexrelid) FROM pg_index i
-  JOIN pg_class x ON x.oid = i.indexrelid
- WHERE i.indrelid = %s::regclass AND NOT x.relname = ANY(%s::text[])
+ WHERE i.indrelid = %s::regclass
    AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid)
  ORDER BY 1
 """
@@ -107,11 +108,11 @@ SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint
 @dataclass
 class LoadingMode:
     """How the rebuild tables are loaded (see the module docstring): row level security not
-    forced, foreign keys and the indexes that back no constraint (but LOADING_INDEXES)
-    dropped. Checked row by row, the foreign keys cost more than the whole COPY; added back
-    at the end, each is validated by one join. An index built at the end is one sort
-    instead of a million random insertions. `leave` restores everything exactly (same
-    names and definitions), in the caller's transaction."""
+    forced, foreign keys and the indexes that back no constraint dropped. Checked row by
+    row, the foreign keys cost more than the whole COPY; added back at the end, each is
+    validated by one join. An index built at the end is one sort instead of a million random
+    insertions. `leave` restores everything exactly (same names and definitions), in the
+    caller's transaction."""
 
     schema: str
     owner: str
@@ -130,8 +131,7 @@ class LoadingMode:
         for t in tables:
             mode.foreign_keys += [(t, name, definition) for name, definition in conn.execute(
                 SELECT_FOREIGN_KEYS, (f"{schema}.{t}",))]
-            mode.indexes += conn.execute(SELECT_PLAIN_INDEXES,
-                                         (f"{schema}.{t}", list(LOADING_INDEXES))).fetchall()
+            mode.indexes += conn.execute(SELECT_PLAIN_INDEXES, (f"{schema}.{t}",)).fetchall()
         return mode
 
     def as_owner(self, conn: Conn) -> None:
@@ -149,6 +149,15 @@ class LoadingMode:
         for table in self.forced:
             conn.execute(sql.SQL("ALTER TABLE {} NO FORCE ROW LEVEL SECURITY").format(
                 sql.Identifier(self.schema, table)))
+
+    def restore_indexes(self, conn: Conn, names: Sequence[str]) -> None:
+        """Builds these dropped indexes again now (as the caller: CREATE on the schema)."""
+        wanted = {f"{self.schema}.{n}" for n in names}
+        conn.execute("SET LOCAL ROLE NONE")
+        for name, definition in [i for i in self.indexes if i[0] in wanted]:
+            conn.execute(sql.SQL(definition))  # type: ignore[arg-type]
+            self.indexes.remove((name, definition))
+        self.as_owner(conn)
 
     def leave(self, conn: Conn) -> None:
         for _, definition in self.indexes:
@@ -221,6 +230,8 @@ def _build(conn: Conn, schema: str, park: Callable[[Conn, int, str], None],
                       for position, _txid, data, recorded_at in rows]
             spent["decode"] += time.perf_counter() - clock
             optimistic = not any(isinstance(e, ev.SessionDeleted) for _, e, _ in events)
+            if not optimistic:
+                mode.restore_indexes(conn, DELETE_INDEXES)
             try:
                 with conn.transaction():  # a savepoint: an optimistic guess may be wrong
                     failed = _fold_and_write(conn, events, optimistic, spent)
