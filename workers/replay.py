@@ -8,11 +8,9 @@ How, and why this way:
 2. Project. The read model's one fold (workers/fold.py) applies the events: the initial
    build writes its rows with COPY, a chunk per transaction (workers/replay_bulk.py); the
    fallback and the swap's catch-up use the live projector's writer, REBUILD_BATCH events a
-   transaction. Both name their tables unqualified, so `SET LOCAL search_path = rebuild,
-   public` points their writes, and the trigger's UPDATE of `sessions`, at the new tables
-   while `events` and the checkpoints resolve to public. The rebuild follows its own
-   checkpoint row (`<projection>@rebuild`), and the query side keeps reading the live tables
-   meanwhile (the live projector keeps them current).
+   transaction. Both name their tables unqualified: `search_path = rebuild, public` points
+   their writes (and the trigger's) at the new tables. The rebuild follows its own checkpoint
+   (`<projection>@rebuild`); the query side reads the live tables meanwhile.
 3. Swap, in one transaction: lock the live checkpoint row FOR UPDATE (the live projector
    takes it SKIP LOCKED, so it pauses rather than waits), apply the events that arrived
    meanwhile, take ACCESS EXCLUSIVE locks on old and new tables, move the old ones to the
@@ -25,9 +23,8 @@ How, and why this way:
    table and wants another makes the swap give up and retry instead of being killed as a
    deadlock victim. The seed's functions are bound to no table OID (SQL functions are parsed
    at call time, PL/pgSQL plans are invalidated), so they read the new tables at once.
-4. Drop the retired tables with RESTRICT: should anything outside the set depend on them
-   (a view, a foreign key from another table), the drop fails loudly instead of silently
-   cascading to that object.
+4. Drop the retired tables with RESTRICT: should anything else depend on them (a view, a
+   foreign key), the drop fails loudly instead of silently cascading to that object.
 
 Interrupted at any point, a run leaves either the old read model serving (before the swap
 commits) or the new one (after); the next run drops the leftovers of `rebuild` and
