@@ -220,8 +220,10 @@ def run(events: int, quick: bool, per_event: bool, live: bool,
         ["", "seconds", "events/s", "x bare COPY", "peak RSS MB"], rows)
     data["targets"] = [
         common.target("replay events/s", data["replay"]["events_per_s"], 50_000),
+        {"name": "replay within 3x of the bare COPY", "figure": data["ratio_replay_to_bare_copy"],
+         "want": "<= 3", "met": data["ratio_replay_to_bare_copy"] <= 3},  # bench/gate.py
         {"name": "replay no slower than the bare COPY", "figure": data["ratio_replay_to_bare_copy"],
-         "want": "<= 1", "met": data["ratio_replay_to_bare_copy"] <= 1},
+         "want": "<= 1", "met": data["ratio_replay_to_bare_copy"] <= 1},  # issue 16
     ]
     common.print_targets(data["targets"])
     return common.finish("replay", quick, data)
