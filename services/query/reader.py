@@ -18,14 +18,17 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from services.core.db import SET_USER
+from services.core.events import user_stream
 from services.core.settings import Settings
 from services.http.auth import USER_HEADER, parse_user_id, unknown_user
 from services.query.consistency import (
     LAG_HEADER,
     MIN_POSITION_HEADER,
+    catch_up,
     parse_min_position,
     wait_for_position,
 )
+from services.query.params import POSITION_SCHEMA
 from services.query.users import UserProfile, fetch_user
 
 T = TypeVar("T")
@@ -38,6 +41,11 @@ class Reader:
     conn: AsyncConnection[Any]
     user: UserProfile
     projection_lag: bool
+    catch_up_seconds: float
+
+    async def caught_up(self, stream_id: str) -> bool:
+        """After a miss on one of the caller's streams: read again? (consistency.catch_up)"""
+        return await catch_up(self.conn, stream_id, self.user.user_id, self.catch_up_seconds)
 
     def respond(self, content: T) -> Response[T]:
         headers = {LAG_HEADER: "true"} if self.projection_lag else None
@@ -48,7 +56,8 @@ async def provide_reader(
     state: State,
     x_user_id: Annotated[
         str | None,
-        HeaderParameter(name=USER_HEADER, description="The caller (set by the gateway), a UUID."),
+        # documented as the `caller` security scheme (services/query/app.py)
+        HeaderParameter(name=USER_HEADER, include_in_schema=False),
     ] = None,
     x_min_position: Annotated[
         str | None,
@@ -57,12 +66,15 @@ async def provide_reader(
             description="Read-your-writes: wait until the read model has applied this event "
             "position (as returned by the command service). On timeout the response "
             f"carries `{LAG_HEADER}: true`.",
+            schema_extra=POSITION_SCHEMA,
         ),
     ] = None,
     min_position: Annotated[
         str | None,
         QueryParameter(
-            name="min_position", description=f"The same as the {MIN_POSITION_HEADER} header."
+            name="min_position",
+            description=f"The same as the {MIN_POSITION_HEADER} header.",
+            schema_extra=POSITION_SCHEMA,
         ),
     ] = None,
 ) -> AsyncGenerator[Reader, None]:
@@ -84,7 +96,16 @@ async def provide_reader(
         async with conn.pipeline():  # one round trip for both
             await conn.execute(SET_USER, (str(user_id),))
             user = await fetch_user(conn, user_id)
+        if user is None and await catch_up(
+            conn, user_stream(user_id), user_id, settings.min_position_wait_seconds
+        ):
+            user = await fetch_user(conn, user_id)  # just registered: projected now
         if user is None:
             raise unknown_user()
         structlog.contextvars.bind_contextvars(user_id=str(user_id))
-        yield Reader(conn=conn, user=user, projection_lag=lag)
+        yield Reader(
+            conn=conn,
+            user=user,
+            projection_lag=lag,
+            catch_up_seconds=settings.min_position_wait_seconds,
+        )
