@@ -77,6 +77,12 @@ def _events_tail(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(bench_args: list[str]) -> int:
+    from bench.__main__ import main as run_benchmarks  # the checkout's bench/, as `make bench`
+
+    return run_benchmarks(bench_args)
+
+
 def _add_operations(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     from workers.replay import PROJECTIONS
 
@@ -99,6 +105,11 @@ def _add_operations(commands: argparse._SubParsersAction) -> None:  # type: igno
     tail.add_argument("-f", "--follow", action="store_true", help="keep waiting for more")
     tail.add_argument("-n", "--limit", type=int, default=None, help="stop after N events")
     tail.set_defaults(run=_events_tail)
+    # Names and options go to `python -m bench` untouched (`chatctl bench --help` lists them).
+    commands.add_parser(
+        "bench", add_help=False, usage="chatctl bench [NAME ...] [OPTIONS]",
+        help="run the benchmarks, as `make bench` (needs the bench extra)",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,7 +127,11 @@ def main(argv: list[str] | None = None) -> int:
     serve.set_defaults(run=_serve)
     _add_operations(commands)
 
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "bench":  # the benchmarks read their own settings and set up logging
+        return _bench(extra)
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         settings = Settings.from_env()
     except msgspec.ValidationError as exc:  # e.g. PORT=abc: say which, no traceback

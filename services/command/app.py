@@ -20,7 +20,9 @@ from services.command.controllers import (
     SessionController,
     UserController,
 )
+from services.command.sessions import MAX_TITLE_CHARS
 from services.command.stop import StopController
+from services.core.apidoc import STORABLE_TEXT_PATTERN, refine_components
 from services.core.db import open_async_pool
 from services.core.health import health_controller
 from services.core.logging import configure_logging
@@ -98,8 +100,21 @@ def create_app(settings: Settings) -> Litestar:
             if wake_redis is not app.state.redis:
                 await wake_redis.aclose()
 
+    def document_request_bodies(app: Litestar) -> None:
+        text = {"min_length": 1, "max_length": settings.max_message_chars,
+                "pattern": STORABLE_TEXT_PATTERN}
+        refine_components(app, {
+            "PostChat": {"additional_properties": False, "properties": {"text": text}},
+            "LegacyChat": {"properties": {"text": text}},  # ignores unknown fields
+            "RegisterUser": {"additional_properties": False},
+            "RenameSession": {"additional_properties": False, "properties": {"title": {
+                "min_length": 1, "max_length": MAX_TITLE_CHARS,
+                "pattern": STORABLE_TEXT_PATTERN}}},
+        })
+
     return Litestar(
         route_handlers=[*CONTROLLERS, metrics_handler("command")],
+        on_startup=[document_request_bodies],
         lifespan=[lifespan],
         state=State({"settings": settings}),
         dependencies={

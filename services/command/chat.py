@@ -70,7 +70,6 @@ SELECT caller.known, p.stream_type, p.owner_id, p.version, p.deleted
 
 TITLE_CHARS = 60
 # A streamed POST gives up (with an `error` event) when no worker starts the reply by then.
-REPLY_START_TIMEOUT_SECONDS = 30.0
 
 
 class PostChat(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -90,11 +89,12 @@ class ChatAccepted(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def clean_text(text: str, max_chars: int) -> str:
+    # the length as sent, as the document's maxLength counts it; stored trimmed
+    if len(text) > max_chars:
+        raise ApiError("message_too_long", f"text is longer than {max_chars} characters")
     text = text.strip()
     if not text:
         raise ApiError("empty_text", "text is empty")
-    if len(text) > max_chars:
-        raise ApiError("message_too_long", f"text is longer than {max_chars} characters")
     check_storable(text, "text")
     return text
 
@@ -160,7 +160,7 @@ def reply_events(
     )
     return sse_response(sse_stream(
         redis, settings, accepted.session_id, reply_to=accepted.message_id,
-        start_timeout=REPLY_START_TIMEOUT_SECONDS, prelude=[session], lease=lease,
+        start_timeout=settings.reply_start_timeout_seconds, prelude=[session], lease=lease,
     ))
 
 

@@ -110,7 +110,7 @@ class SessionController(Controller):
         wake: NamedDependency[Wake],
         caller: NamedDependency[Caller],
     ) -> sessions.SessionTitle:
-        """Renames a session (1 to 200 characters after trimming)."""
+        """Renames a session (at most 200 characters, not blank; stored trimmed)."""
         return await sessions.rename_session(pool, wake, caller, session_id, data)
 
     @delete("", operation_id="deleteSession", responses=error_responses(400, 401, 404, 409))

@@ -40,10 +40,11 @@ class SessionTitle(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def clean_title(title: str) -> str:
-    title = title.strip()
-    if not 1 <= len(title) <= MAX_TITLE_CHARS:
+    # the length as sent, as the document's maxLength counts it; stored trimmed
+    if len(title) > MAX_TITLE_CHARS or not title.strip():
         raise ApiError("invalid_title",
-                       f"title must be 1 to {MAX_TITLE_CHARS} characters after trimming")
+                       f"title must be at most {MAX_TITLE_CHARS} characters and not blank")
+    title = title.strip()
     check_storable(title, "title")
     return title
 

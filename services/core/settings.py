@@ -53,6 +53,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     live_stream_maxlen: int = 10_000
     live_stream_ttl_seconds: int = 3600
     sse_heartbeat_seconds: float = 15.0
+    # how long a stream following one message's reply (POST /chat, ?reply_to=) waits for it
+    # to start before ending with an `error` event
+    reply_start_timeout_seconds: float = 30.0
     min_position_wait_seconds: float = 5.0
     # Read replicas (services/query/replicas.py): hot standbys the query service reads from
     # (comma-separated URLs, as the owner user like DATABASE_URL; empty = the primary only).

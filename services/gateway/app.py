@@ -39,6 +39,7 @@ from yarl import URL
 
 from services.core.settings import Settings
 from services.gateway.openapi import merge_openapi
+from services.gateway.routes import RouteTable, allow_header, service_routes
 from services.http.auth import sign_upstream
 from services.http.metrics import METRICS_PATH, exposition, timed_send
 
@@ -63,6 +64,10 @@ WEB_DIR = Path(__file__).resolve().parents[2] / "web"
 UI_PREFIX = "/ui/"
 OPENAPI_PATH = "/schema/openapi.json"
 READY_TIMEOUT_SECONDS = 2.0
+# The gateway's own paths and their methods (the UI's files: any path under UI_PREFIX).
+OWN_ROUTES = (("/healthz", ["GET"]), ("/readyz", ["GET"]), (METRICS_PATH, ["GET"]),
+              (OPENAPI_PATH, ["GET"]), ("/", ["GET", "HEAD"]))
+UI_METHODS = frozenset({"GET", "HEAD"})
 
 
 def upstream_for(method: str, settings: Settings) -> str:
@@ -73,6 +78,7 @@ class Gateway:
     def __init__(self, settings: Settings, web_dir: Path = WEB_DIR) -> None:
         self.settings = settings
         self.web_dir = web_dir.resolve()
+        self.routes = RouteTable([*service_routes(settings).paths(), *OWN_ROUTES])
         self.client: aiohttp.ClientSession | None = None
         self.redis: aioredis.Redis | None = None
 
@@ -84,7 +90,12 @@ class Gateway:
             return  # no websockets here: the live stream is SSE
         path, method = scope["path"], scope["method"]
         send = timed_send(send, "gateway", method, _metrics_route(path, method))
-        if path == "/healthz":
+        allowed = UI_METHODS if path.startswith(UI_PREFIX) else self.routes.allowed(path)
+        if allowed is not None and method not in allowed:
+            await _json(send, 405, {"error": "method_not_allowed",
+                                    "detail": f"{path} answers {allow_header(allowed)} only"},
+                        headers=[(b"allow", allow_header(allowed).encode())])
+        elif path == "/healthz":
             await _json(send, 200, {"status": "ok"})
         elif path == "/readyz":
             await self._ready(send)
@@ -310,11 +321,12 @@ async def _relay_body(response: aiohttp.ClientResponse, receive: Receive, send: 
             task.result()
 
 
-async def _json(send: Send, status: int, payload: dict[str, Any]) -> None:
+async def _json(send: Send, status: int, payload: dict[str, Any],
+                headers: list[tuple[bytes, bytes]] | None = None) -> None:
     body = msgspec.json.encode(payload)
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode())]})
+                            (b"content-length", str(len(body)).encode()), *(headers or [])]})
     await send({"type": "http.response.body", "body": body})
 
 

@@ -45,9 +45,11 @@ ERRORS: dict[str, ErrorCode] = {
     "invalid_min_position": ErrorCode(400, "X-Min-Position / min_position is not a positive "
                                            "integer."),
     "invalid_reply_to": ErrorCode(400, "`reply_to` is not a message id."),
-    "empty_text": ErrorCode(400, "The message is empty after trimming."),
+    "invalid_last_event_id": ErrorCode(400, "`Last-Event-ID` is not an event id a stream "
+                                            "sent."),
+    "empty_text": ErrorCode(400, "The message is blank (nothing left after trimming)."),
     "invalid_text": ErrorCode(400, "A text contains U+0000, which cannot be stored."),
-    "invalid_title": ErrorCode(400, "The title is not 1 to 200 characters after trimming."),
+    "invalid_title": ErrorCode(400, "The title is over 200 characters or blank."),
     # 401: who is calling is not established.
     "unauthenticated": ErrorCode(401, "X-User-ID is missing."),
     "unknown_user": ErrorCode(401, "X-User-ID (or the token's subject) names no registered "
@@ -82,6 +84,8 @@ ERRORS: dict[str, ErrorCode] = {
                                         "answering; retry."),
     "upstream_unavailable": ErrorCode(503, "Gateway: the service behind this route is not "
                                            "answering."),
+    "projection_behind": ErrorCode(503, "The event store holds what was asked for, the read "
+                                        "model has not caught up within the wait; retry."),
     "not_ready": ErrorCode(503, "Gateway /readyz: something is not answering (`checks`)."),
 }
 

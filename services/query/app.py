@@ -9,6 +9,7 @@ from litestar import Litestar
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Components, SecurityScheme
 from litestar.types import ControllerRouterHandler
 
 from services.core.db import QUERY_ROLE, open_async_pool
@@ -17,10 +18,12 @@ from services.core.logging import configure_logging
 from services.core.metrics import refresh_projection_lag
 from services.core.redisconn import async_redis
 from services.core.settings import Settings
+from services.http.auth import USER_HEADER
 from services.http.layer import api_description, http_layer
 from services.http.metrics import metrics_handler
 from services.query.consistency import PROJECTION
 from services.query.controllers import SessionsController, UsersController
+from services.query.params import CALLER_SCHEME
 from services.query.reader import provide_reader
 from services.query.replicas import ReadPools, Replica, replica_urls
 from services.query.streaming import StreamController
@@ -70,6 +73,12 @@ def create_app(settings: Settings) -> Litestar:
             path="/schema",
             description=api_description("Reads of the caller's sessions, messages and "
                                         "profile. Every endpoint takes `X-User-ID`."),
+            # The caller's identity is a credential, not input: described as what it is.
+            components=Components(security_schemes={CALLER_SCHEME: SecurityScheme(
+                type="apiKey", name=USER_HEADER, security_scheme_in="header",
+                description="The caller's user id, a UUID (set by the gateway). Missing: "
+                "401; not a UUID: 400; no such user: 401.",
+            )}),
         ),
         **http_layer("query", settings),
     )

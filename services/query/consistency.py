@@ -3,23 +3,31 @@
 The command service returns the global position of what it appended; a client that passes
 it back (X-Min-Position or ?min_position=) reads a model that includes its own write, or,
 after settings.min_position_wait_seconds, what there is plus `X-Projection-Lag: true`.
+
+Without a position, a miss is never a lie: when the read model lacks a user or session, the
+event store is asked whether it holds that stream for the caller (catch_up); only what it
+does not hold is 401/404.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
+from uuid import UUID
 
+from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from services.http.errors import ApiError
+from services.query.params import parse_integer
 
 PROJECTION = "read_model"
 PROJECTION_REACHED = "SELECT projection_reached(%s, %s)"
+CATCH_UP_POSITION = "SELECT stream_catch_up_position(%s, %s)"  # db/migrations/0009
 LAG_HEADER = "X-Projection-Lag"
 MIN_POSITION_HEADER = "X-Min-Position"
 POLL_INTERVAL_SECONDS = 0.01
-_MAX_POSITION = 2**63 - 1  # events.position is a bigint
 
 
 def parse_min_position(header: str | None, query: str | None) -> int | None:
@@ -28,11 +36,11 @@ def parse_min_position(header: str | None, query: str | None) -> int | None:
     for name, raw in ((MIN_POSITION_HEADER, header), ("min_position", query)):
         if raw is None:
             continue
-        value = raw.strip()
-        if not value.isascii() or not value.isdigit() or not 0 < int(value) <= _MAX_POSITION:
+        position = parse_integer(raw, minimum=1)
+        if position is None:
             raise ApiError("invalid_min_position",
                            f"{name} must be a positive integer (an event position)")
-        positions.append(int(value))
+        positions.append(position)
     return max(positions) if positions else None
 
 
@@ -48,10 +56,51 @@ async def wait_for_position(
     deadline = time.monotonic() + timeout_seconds
     while True:
         async with pool.connection() as conn:
-            cur = await conn.execute(PROJECTION_REACHED, (PROJECTION, position))
-            row = await cur.fetchone()
-        if row is not None and row[0]:
-            return True
+            if await _reached(conn, position):
+                return True
         if time.monotonic() >= deadline:
             return False
         await asyncio.sleep(min(POLL_INTERVAL_SECONDS, max(0.0, deadline - time.monotonic())))
+
+
+async def catch_up(
+    conn: AsyncConnection[Any], stream_id: str, user_id: UUID, timeout_seconds: float,
+    lookup: AsyncConnectionPool[Any] | None = None,
+) -> bool:
+    """After a read-model miss on `stream_id`: should the caller read again?
+
+    False at once (one primary-key lookup) when the event store does not hold the stream
+    for this caller: it does not exist, is deleted or is someone else's, a true 401/404.
+    True once the projection has applied the stream's last event. `projection_behind` (503)
+    when it still has not after the bound, rather than a 401/404 that would be a lie.
+
+    On a replica the stream is looked up on the primary (`lookup`) and the wait is for the
+    replica's own read model to reach it.
+
+    Only misses get here, so the ordinary hit path costs nothing more. The wait polls on
+    the request's own connection (read committed: each poll sees new commits) instead of
+    borrowing a second one, so waiting requests never need more than they already hold.
+    """
+    if lookup is None:
+        cur = await conn.execute(CATCH_UP_POSITION, (stream_id, user_id))
+        row = await cur.fetchone()
+    else:  # `conn` is a replica's: only the primary is sure to hold the write already
+        async with lookup.connection() as primary:
+            cur = await primary.execute(CATCH_UP_POSITION, (stream_id, user_id))
+            row = await cur.fetchone()
+    if row is None or row[0] is None:
+        return False
+    position = int(row[0])
+    deadline = time.monotonic() + timeout_seconds
+    while not await _reached(conn, position):
+        if time.monotonic() >= deadline:
+            raise ApiError("projection_behind",
+                           "the read model has not caught up with this write yet; retry shortly")
+        await asyncio.sleep(min(POLL_INTERVAL_SECONDS, max(0.0, deadline - time.monotonic())))
+    return True
+
+
+async def _reached(conn: AsyncConnection[Any], position: int) -> bool:
+    cur = await conn.execute(PROJECTION_REACHED, (PROJECTION, position))
+    row = await cur.fetchone()
+    return row is not None and bool(row[0])

@@ -9,9 +9,11 @@ from litestar.datastructures import ResponseHeader
 from litestar.di import NamedDependency
 from litestar.params import PathParameter, QueryParameter
 
-from services.http.errors import error_responses
+from services.core.events import session_stream
+from services.http.errors import ApiError, error_responses
 from services.query import messages, sessions
 from services.query.consistency import LAG_HEADER
+from services.query.params import ANCHOR_SCHEMA, CALLER_SECURITY, UUID_SCHEMA
 from services.query.reader import Reader
 from services.query.users import UserProfile
 
@@ -27,6 +29,7 @@ LAG_RESPONSE_HEADER = ResponseHeader(
 class SessionsController(Controller):
     path = "/api/v1/sessions"
     tags = ("sessions",)
+    security = CALLER_SECURITY
     response_headers = (LAG_RESPONSE_HEADER,)
 
     @get("/", operation_id="listSessions", responses=error_responses(400, 401))
@@ -38,7 +41,10 @@ class SessionsController(Controller):
         ] = sessions.DEFAULT_LIMIT,
         before: Annotated[
             str | None,
-            QueryParameter(description="The `next_cursor` of the previous page (opaque)."),
+            QueryParameter(
+                description="The `next_cursor` of the previous page.",
+                schema_extra=sessions.CURSOR_SCHEMA,
+            ),
         ] = None,
     ) -> Response[sessions.SessionPage]:
         """The caller's sessions, newest activity first."""
@@ -54,44 +60,63 @@ class SessionsController(Controller):
     async def list_messages(
         self,
         reader: NamedDependency[Reader],
-        session_id: Annotated[str, PathParameter(description="The session's id (UUID).")],
+        session_id: Annotated[
+            str, PathParameter(description="The session's id.", schema_extra=UUID_SCHEMA)
+        ],
         limit: Annotated[
             int, QueryParameter(ge=1, le=messages.MAX_LIMIT, description="Page size.")
         ] = messages.DEFAULT_LIMIT,
         offset: Annotated[
-            int, QueryParameter(ge=0, le=messages.MAX_OFFSET, description="Messages to skip.")
+            int,
+            QueryParameter(
+                ge=0,
+                le=messages.MAX_OFFSET,
+                description="Messages to skip; with after/before, sequence numbers to move "
+                "the anchor by, away from it.",
+            ),
         ] = 0,
         after: Annotated[
             str | None,
             QueryParameter(
                 description="Keyset: messages after this sequence number or message id "
                 "(a message id not in this session is 404 `message_not_found`). "
-                "Not with offset."
+                "Combines with offset.",
+                schema_extra=ANCHOR_SCHEMA,
             ),
         ] = None,
         before: Annotated[
             str | None,
             QueryParameter(
                 description="Keyset: the messages just before this sequence number or "
-                "message id, still in chronological order. Not with offset."
+                "message id, still in chronological order. Combines with offset.",
+                schema_extra=ANCHOR_SCHEMA,
             ),
         ] = None,
     ) -> Response[messages.MessagePage]:
         """A page of the session's messages in chronological order."""
-        page = await messages.page_of_messages(
-            reader.conn,
-            messages.parse_session_id(session_id),
-            limit=limit,
-            offset=offset,
-            after=messages.parse_anchor("after", after),
-            before=messages.parse_anchor("before", before),
-        )
+        sid = messages.parse_session_id(session_id)
+        anchors = messages.parse_anchor("after", after), messages.parse_anchor("before", before)
+
+        async def read() -> messages.MessagePage:
+            return await messages.page_of_messages(
+                reader.conn, sid, limit=limit, offset=offset, after=anchors[0], before=anchors[1]
+            )
+
+        try:
+            page = await read()
+        except ApiError as miss:  # a session the command side has just started?
+            if miss.code != messages.SESSION_NOT_FOUND or not await reader.caught_up(
+                session_stream(sid)
+            ):
+                raise
+            page = await read()
         return reader.respond(page)
 
 
 class UsersController(Controller):
     path = "/api/v1/users"
     tags = ("users",)
+    security = CALLER_SECURITY
     response_headers = (LAG_RESPONSE_HEADER,)
 
     @get("/me", operation_id="getCurrentUser", responses=error_responses(400, 401))

@@ -16,11 +16,12 @@ from psycopg import AsyncConnection
 from psycopg.rows import class_row
 
 from services.http.errors import ApiError
+from services.query.params import MAX_BIGINT, parse_integer, parse_uuid
 
 MAX_LIMIT = 200
 DEFAULT_LIMIT = 50
 MAX_OFFSET = 2**31 - 1  # get_session_messages takes an integer offset
-_MAX_SEQ = 2**63 - 1
+SESSION_NOT_FOUND = "session_not_found"
 
 # Under RLS: another user's session is simply not there.
 SELECT_SESSION_TOTAL = "SELECT message_count FROM sessions WHERE session_id = %s"
@@ -54,28 +55,21 @@ class MessagePage(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def parse_session_id(raw: str) -> UUID:
-    try:
-        return UUID(raw)
-    except ValueError:
-        raise ApiError("invalid_session_id", "session id must be a UUID") from None
+    return parse_uuid(raw, what="session id", code="invalid_session_id")
 
 
 def parse_anchor(name: str, raw: str | None) -> int | UUID | None:
-    """A sequence number (digits) or a message id (UUID)."""
+    """A sequence number (digits) or a message id (UUID): params.ANCHOR_SCHEMA."""
     if raw is None:
         return None
-    value = raw.strip()
-    if value.isascii() and value.isdigit():
-        seq = int(value)
-        if seq <= _MAX_SEQ:
-            return seq
-    else:
-        try:
-            return UUID(value)
-        except ValueError:
-            pass
-    raise ApiError("invalid_parameter",
-                   f"{name} must be a sequence number (0 or more) or a message id")
+    seq = parse_integer(raw, minimum=0)
+    if seq is not None:
+        return seq
+    try:
+        return parse_uuid(raw, what=name, code="invalid_parameter")
+    except ApiError:
+        raise ApiError("invalid_parameter",
+                       f"{name} must be a sequence number (0 or more) or a message id") from None
 
 
 async def _resolve(
@@ -94,7 +88,7 @@ async def session_total(conn: AsyncConnection[Any], session_id: UUID) -> int:
     cur = await conn.execute(SELECT_SESSION_TOTAL, (session_id,))
     row = await cur.fetchone()
     if row is None:
-        raise ApiError("session_not_found", "session not found")
+        raise ApiError(SESSION_NOT_FOUND, "session not found")
     return int(row[0])
 
 
@@ -108,13 +102,16 @@ async def page_of_messages(
     before: int | UUID | None,
 ) -> MessagePage:
     keyset = after is not None or before is not None
-    if keyset and offset:
-        raise ApiError("invalid_parameter", "offset cannot be combined with after/before")
     total = await session_total(conn, session_id)
     async with conn.cursor(row_factory=class_row(Message)) as cur:
         if keyset:
+            # With an anchor, offset moves it that many sequence numbers further away.
             after_seq = await _resolve(conn, session_id, after)
             before_seq = await _resolve(conn, session_id, before)
+            if after_seq is not None:
+                after_seq = min(after_seq + offset, MAX_BIGINT)
+            if before_seq is not None:
+                before_seq = max(before_seq - offset, 0)
             await cur.execute(PAGE_BY_KEYSET, (session_id, limit, after_seq, before_seq))
         else:
             await cur.execute(PAGE_BY_OFFSET, (session_id, limit, offset))

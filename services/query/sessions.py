@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
-from datetime import datetime
-from typing import Annotated, Any
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Any
 from uuid import UUID
 
 import msgspec
@@ -13,6 +12,7 @@ from psycopg import AsyncConnection
 from psycopg.rows import class_row
 
 from services.http.errors import ApiError
+from services.query.params import UUID_PATTERN
 
 MAX_LIMIT = 100
 DEFAULT_LIMIT = 10
@@ -43,30 +43,33 @@ class SessionPage(msgspec.Struct, frozen=True, kw_only=True):
     next_cursor: str | None
 
 
-class Cursor(msgspec.Struct, frozen=True, array_like=True):
+class Cursor(msgspec.Struct, frozen=True):
     """Where a page ended: (last_message_at, session_id) of its last row."""
 
-    last_message_at: Annotated[datetime, msgspec.Meta(tz=True)]
+    last_message_at: datetime
     session_id: UUID
 
 
-_cursor_decoder = msgspec.json.Decoder(Cursor)
-_MAX_CURSOR_CHARS = 200
+# On the wire: "<last_message_at in microseconds since the epoch>_<session id>". Every string
+# of that shape names a place in the list, so the document's pattern is exactly what is
+# accepted (the bounds keep the time within what a datetime holds).
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+CURSOR_PATTERN = r"^(-[0-9]{1,16}|[0-9]{1,17})_" + UUID_PATTERN.removeprefix("^")
+CURSOR_SCHEMA: dict[str, Any] = {"oneOf": None, "type": "string", "pattern": CURSOR_PATTERN}
+_CURSOR = re.compile(CURSOR_PATTERN)
 
 
 def encode_cursor(cursor: Cursor) -> str:
-    return base64.urlsafe_b64encode(msgspec.json.encode(cursor)).rstrip(b"=").decode()
+    micros = (cursor.last_message_at - _EPOCH) // timedelta(microseconds=1)
+    return f"{micros}_{cursor.session_id}"
 
 
 def decode_cursor(raw: str) -> Cursor:
-    """Opaque to clients; anything we did not write is a 400, never a 500."""
-    try:
-        if len(raw) > _MAX_CURSOR_CHARS:
-            raise ValueError("too long")
-        data = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4))
-        return _cursor_decoder.decode(data)
-    except (ValueError, binascii.Error, msgspec.DecodeError):
-        raise ApiError("invalid_cursor", "before is not a cursor this API returned") from None
+    """Anything not of the cursor's shape is a 400, never a 500."""
+    if not _CURSOR.match(raw):
+        raise ApiError("invalid_cursor", "before is not a cursor this API returned")
+    micros, session_id = raw.split("_")
+    return Cursor(_EPOCH + timedelta(microseconds=int(micros)), UUID(session_id))
 
 
 async def list_sessions(

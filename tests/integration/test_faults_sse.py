@@ -4,7 +4,6 @@ open file descriptors, the per-user stream leases in Redis)."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -78,8 +77,9 @@ def test_opening_and_dropping_500_streams_leaks_nothing(
         client = redis.Redis.from_url(server.url)
 
         def settled() -> dict[str, int]:
-            time.sleep(2)  # heartbeats every 0.3 s: each dropped stream has noticed by now
-            return _measure(sys_, client, db, query.pid)
+            # every dropped stream has noticed (heartbeats every 0.3 s) and let go
+            return dict(wait_until(lambda: (m := _measure(sys_, client, db, query.pid))[
+                "leases"] == 0 and m["redis_blocked_readers"] == 0 and m, timeout=60))
 
         assert set(churn(2 * PARALLEL)) == {200}  # warm-up: pools at their working size
         before = settled()

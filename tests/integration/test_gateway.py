@@ -5,6 +5,7 @@ Ctrl-C without leaving processes behind."""
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -167,13 +168,54 @@ def test_the_ui_is_served_at_the_root(system: RunningSystem) -> None:
 def test_writes_go_to_the_command_service_and_the_legacy_chat_too(
     system: RunningSystem,
 ) -> None:
-    # PUT to an unknown session answers the command service's own 404/400 body, not the
-    # query service's 405: the route reached the write side.
-    response = httpx.put(f"{system.url}/api/v1/sessions/{uuid.uuid4()}/title",
-                         json={"title": "x"}, headers={"X-User-ID": str(uuid.uuid4())},
-                         timeout=10)
-    assert response.status_code in (400, 401, 404), response.text
-    assert "error" in response.json()
+    base = system.url
+    user_id = _user(base)
+    accepted = _chat(base, user_id, "A tale of two lighthouses")
+    # only the command service can rename a session: the PUT reached the write side
+    renamed = httpx.put(f"{base}/api/v1/sessions/{accepted['session_id']}/title",
+                        json={"title": "Lighthouses"}, headers={"X-User-ID": user_id},
+                        timeout=10)
+    assert renamed.is_success, renamed.text
+
+    def titled() -> bool:
+        page = httpx.get(f"{base}/api/v1/sessions", headers={"X-User-ID": user_id}, timeout=10)
+        return [s["title"] for s in page.json()["sessions"]] == ["Lighthouses"]
+
+    wait_until(titled, timeout=REPLY_TIMEOUT_SECONDS)
+
+    # the legacy POST /chat (no user header) streams its reply through the gateway
+    with httpx.Client(timeout=httpx.Timeout(10, read=REPLY_TIMEOUT_SECONDS)) as client, \
+            connect_sse(client, "POST", f"{base}/chat", json={"text": "Once upon a time"}
+                        ) as source:
+        assert source.response.status_code == 200, source.response.read()
+        events = [(event.event, event.data) for event in source.iter_sse()]
+    kinds = [kind for kind, _ in events]
+    assert kinds[0] == "session" and kinds[-2:] == ["message", "done"], kinds
+    assert "project_id" in json.loads(events[0][1])
+    assert json.loads(events[-2][1])["role"] == "assistant"
+
+
+@pytest.mark.parametrize(("method", "path", "allow"), [
+    ("GET", "/api/v1/chat", "POST"),
+    ("GET", "/api/v1/users", "POST"),
+    ("GET", "/chat", "POST"),
+    ("PUT", "/api/v1/users/me", "GET"),
+    ("POST", f"/api/v1/sessions/{uuid.uuid4()}/messages", "GET"),
+    ("GET", f"/api/v1/sessions/{uuid.uuid4()}", "DELETE"),
+    ("TRACE", "/readyz", "GET"),
+    ("DELETE", "/schema/openapi.json", "GET"),
+    ("POST", "/ui/app.js", "GET, HEAD"),
+])
+def test_a_known_path_with_a_method_it_lacks_is_405_with_allow(
+    system: RunningSystem, method: str, path: str, allow: str
+) -> None:
+    response = httpx.request(method, f"{system.url}{path}", timeout=10,
+                             headers={"X-User-ID": str(uuid.uuid4())})
+    assert response.status_code == 405, response.text
+    assert response.headers["allow"] == allow
+    assert response.json()["error"] == "method_not_allowed"
+    # an unknown path stays a 404 from the service the method belongs to
+    assert httpx.get(f"{system.url}/api/v1/nothing-here", timeout=10).status_code == 404
 
 
 def test_ctrl_c_leaves_no_process_behind(

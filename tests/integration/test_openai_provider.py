@@ -198,11 +198,10 @@ def test_a_bad_stream_is_a_provider_error(
 
 
 def test_a_stalled_stream_times_out(llm_server: ThreadingHTTPServer) -> None:
-    started = time.monotonic()
+    # the server resumes after 2 s: only a provider that gave up first reports a timeout
     with pytest.raises(ProviderError) as caught:
         list(_provider(llm_server, "stall", timeout_seconds=0.3).stream(MESSAGES))
     assert caught.value.code == "timeout"
-    assert time.monotonic() - started < 1.5
 
 
 def test_a_server_that_is_not_there_is_a_provider_error() -> None:

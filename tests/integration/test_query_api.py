@@ -388,6 +388,11 @@ def test_keyset_pages_by_sequence_number_and_by_message_id(
     assert seqs(as_alice.get(url, params={"after": 0, "limit": 2})) == [1, 2]
     assert seqs(as_alice.get(url, params={"after": 65})) == []
 
+    # with an anchor, offset moves it further away (the document allows the combination)
+    assert seqs(as_alice.get(url, params={"after": 10, "offset": 5, "limit": 3})) == [16, 17, 18]
+    assert seqs(as_alice.get(url, params={"before": 10, "offset": 5, "limit": 3})) == [2, 3, 4]
+    assert seqs(as_alice.get(url, params={"before": 3, "offset": 2**31 - 1})) == []
+
     # walking forwards by the last seq sees every message once
     walked, after = [], 0
     while True:
@@ -414,7 +419,7 @@ def test_keyset_pages_by_sequence_number_and_by_message_id(
         {"after": str(2**63)},
         {"before": "1.5"},
         {"before": ""},
-        {"after": "5", "offset": "10"},
+        {"after": " 5"},
         {"min_position": "x"},
     ],
 )
@@ -590,7 +595,7 @@ def test_min_position_not_yet_projected_waits_then_flags_the_lag(
             waited = time.monotonic() - started
             assert r.status_code == 200, r.text
             assert r.headers.get("X-Projection-Lag") == "true"
-            assert 0.45 <= waited < 3, waited
+            assert waited >= 0.45, waited  # the whole bound; how much longer is no contract
             assert [s["title"] for s in r.json()["sessions"]] == ["existing"]
         # a position that does not exist (yet) is never reached
         r = c.get("/api/v1/users/me", headers={"X-Min-Position": str(position + 10**6)})
@@ -601,27 +606,33 @@ def test_min_position_already_projected_does_not_wait(
     serve_app: Callable[[Any], str], private_db: tuple[Settings, psycopg.Connection]
 ) -> None:
     settings, db = private_db
-    settings = msgspec.structs.replace(settings, min_position_wait_seconds=5.0)
+    # A wait this long would outlast the client's timeout: an answer at all means no wait.
+    settings = msgspec.structs.replace(settings, min_position_wait_seconds=600.0)
     alice = seed_user(db)
     earlier = append_event(db)
     position = append_event(db)
     set_checkpoint_to(db, position)
     with client(serve_app(create_app(settings)), alice.user_id) as c:
         for p in (earlier, position):
-            started = time.monotonic()
             r = c.get("/api/v1/users/me", headers={"X-Min-Position": str(p)})
             assert r.status_code == 200, r.text
             assert "X-Projection-Lag" not in r.headers
-            assert time.monotonic() - started < 1.0
         # without min_position there is never a lag header
         assert "X-Projection-Lag" not in c.get("/api/v1/sessions").headers
+
+
+POLLS_SEEN = """
+SELECT count(*) FROM pg_stat_activity
+ WHERE datname = current_database() AND query LIKE 'SELECT projection_reached%'
+"""
 
 
 def test_min_position_reached_while_waiting_answers_as_soon_as_it_is(
     serve_app: Callable[[Any], str], private_db: tuple[Settings, psycopg.Connection]
 ) -> None:
     settings, db = private_db
-    settings = msgspec.structs.replace(settings, min_position_wait_seconds=10.0)
+    # Longer than the client's timeout: only noticing the catch-up can answer in time.
+    settings = msgspec.structs.replace(settings, min_position_wait_seconds=600.0)
     alice = seed_user(db)
     position = append_event(db)
     set_checkpoint_to(db, None)
@@ -637,20 +648,20 @@ def test_min_position_reached_while_waiting_answers_as_soon_as_it_is(
     reader = threading.Thread(target=read)
     reader.start()
     wait_until(lambda: "started" in result)
-    time.sleep(0.3)
+    # it is waiting once it has polled the checkpoint at least once
+    wait_until(lambda: db.execute(POLLS_SEEN).fetchone() != (0,), timeout=30)
     # the "projector" catches up: a session appears together with the checkpoint
     with db.transaction():
         seed_session(db, alice, "just written")
         set_checkpoint_to(db, position)
     caught_up = time.monotonic()
-    reader.join(timeout=15)
+    reader.join(timeout=30)
     r = result["response"]
     assert r.status_code == 200, r.text
     assert "X-Projection-Lag" not in r.headers
     # it asked before the write was projected, yet sees it: it waited, and not for long
     assert result["started"] < caught_up
     assert [s["title"] for s in r.json()["sessions"]] == ["just written"]
-    assert result["ended"] - caught_up < 2.0
 
 
 # --- RLS is what protects the data ---------------------------------------------------------

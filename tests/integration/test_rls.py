@@ -241,6 +241,38 @@ def test_the_query_role_cannot_read_the_event_store(database_url: str) -> None:
                 conn.execute(sql.SQL("SELECT 1 FROM {}").format(sql.Identifier(table)))
 
 
+def test_the_query_role_learns_only_where_its_callers_own_streams_end(
+    make_database: Callable[[], str],
+) -> None:
+    """stream_catch_up_position (read-after-write on a miss) is the query role's one door into
+    the event store: a position for the caller's own live stream, NULL for anything else."""
+    url = make_database()  # its own: a projector sharing the run's database must not see these
+    owner, other = uuid.uuid4(), uuid.uuid4()
+    live, gone = f"session-{uuid.uuid4()}", f"session-{uuid.uuid4()}"
+    with psycopg.connect(url, autocommit=True) as conn:
+        for stream, deleted in ((live, False), (gone, True)):
+            conn.execute("INSERT INTO event_streams (stream_id, stream_type, owner_id, version,"
+                         " deleted) VALUES (%s, 'session', %s, 2, %s)", (stream, owner, deleted))
+            conn.execute("INSERT INTO events (stream_id, version, type, data)"
+                         " VALUES (%s, 1, 'SessionStarted', '{}'), (%s, 2, 'MessagePosted', '{}')",
+                         (stream, stream))
+        last = conn.execute("SELECT position FROM events WHERE stream_id = %s AND version = 2",
+                            (live,)).fetchone()
+        config = conn.execute("SELECT prosecdef, proconfig FROM pg_proc"
+                              " WHERE proname = 'stream_catch_up_position'").fetchone()
+    assert config == (True, ['search_path=""'])
+    ask = "SELECT stream_catch_up_position(%s, %s)"
+    with connect_as(url, QUERY_ROLE) as conn:
+        assert conn.execute(ask, (live, owner)).fetchone() == last
+        for stream, caller in ((live, other), (gone, owner), (f"session-{uuid.uuid4()}", owner),
+                               (f"user-{owner}", owner)):
+            assert conn.execute(ask, (stream, caller)).fetchone() == (None,), stream
+    with connect_as(url, PROJECTOR_ROLE) as conn, pytest.raises(
+        psycopg.errors.InsufficientPrivilege
+    ):
+        conn.execute(ask, (live, owner))
+
+
 class _Undo(Exception):
     """Raised to roll a transaction back."""
 

@@ -253,7 +253,7 @@ def test_an_idle_stream_gets_heartbeat_comments(
                 comments += 1
                 if comments == 2:
                     break
-    assert 0.3 < time.monotonic() - started < 3
+    assert time.monotonic() - started > 0.3  # paced by the interval, not sent in a burst
 
 
 def test_another_users_session_is_404_like_a_missing_one(
