@@ -36,8 +36,14 @@ log = structlog.get_logger("reply_lease")
 
 WORKER_LOST = "worker_lost"
 
-# Take the lease and register the reply in one step, or leave both alone.
+# Take the lease and register the reply in one step, or leave both alone. A reply still
+# registered in flight was started by a worker that died (its lease ran out, the sweep has
+# not recorded it yet): a redelivery of its job (RabbitMQ hands it back at once) must not
+# start it again, the sweep records it as failed.
 _CLAIM_LUA = """
+if redis.call('HEXISTS', KEYS[2], ARGV[3]) == 1 then
+    return 0
+end
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
     redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
     return 1

@@ -176,8 +176,10 @@ def test_nginx_routes_writes_reads_and_the_ui(front: str) -> None:
 def test_nginx_streams_the_reply_as_it_is_written(front: str) -> None:
     user = httpx.post(f"{front}/api/v1/users", json={}, timeout=TIMEOUT).json()["user_id"]
     kinds = []
+    # a generous read time-out: on a loaded machine the reply may start late (heartbeats
+    # come every 15 s)
     with httpx.stream("POST", f"{front}/api/v1/chat", json={"text": "stream it"},
-                      headers=bearer(user), timeout=TIMEOUT) as response:
+                      headers=bearer(user), timeout=4 * TIMEOUT) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
         for line in response.iter_lines():
