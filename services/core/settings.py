@@ -30,6 +30,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_message_chars: int = 32_000
     max_body_bytes: int = 256 * 1024
     max_streams_per_user: int = 8
+    # Rate limits (services/http/ratelimit.py), counted in Redis across every instance:
+    # `limits` strings ("N/second", "N/minute", ... joined by ";"), empty = that one off.
+    rate_limit_enabled: bool = True
+    rate_limit_per_ip: str = "50/second;1500/minute"
+    rate_limit_per_user: str = "20/second;600/minute"
+    rate_limit_chat_per_user: str = "2/second;30/minute"
+    rate_limit_signup_per_ip: str = "5/minute;30/hour"
+    rate_limit_legacy_per_ip: str = "1/second;30/minute"
+    # Peers whose X-Forwarded-For is believed (the gateway, nginx): IPs or CIDRs, by ",".
+    trusted_proxies: str = "127.0.0.1,::1"
     # Signed-token mode (services/http/auth.py): both services verify
     # `Authorization: Bearer <JWT HS256>` with this key and take the caller from its `sub`
     # (empty = off); with gateway_secret set they also refuse requests the Python gateway

@@ -76,6 +76,8 @@ ERRORS: dict[str, ErrorCode] = {
     "message_too_long": ErrorCode(413, "The message is over MAX_MESSAGE_CHARS characters."),
     "too_many_streams": ErrorCode(429, "The caller already holds MAX_STREAMS_PER_USER live "
                                        "streams."),
+    "rate_limited": ErrorCode(429, "Over a rate limit (per IP, per user, chats per user, "
+                                   "sign-ups per IP); retry after Retry-After seconds."),
     "headers_too_large": ErrorCode(431, "The request headers are over MAX_HEADER_BYTES."),
     # 5xx: ours; retry later. The log line with the same request id says more.
     "internal_error": ErrorCode(500, "An unexpected error."),

@@ -76,6 +76,8 @@ def running_system(database_url: str | None, redis_url: str | None, redis_prefix
         "QUERY_URL": "",
         "LOG_JSON": "false",
         "CHAT_DATA_DIR": str(tmp_path / "data"),  # never the developer's ./data
+        # tests send far more than people do; tests/integration/test_abuse.py turns it on
+        "RATE_LIMIT_ENABLED": "false",
         **extra_env,
     }
     log_path = tmp_path / "system.log"
