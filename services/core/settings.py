@@ -82,6 +82,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     llm_api_key: str = ""
     llm_timeout_seconds: float = 60.0
     llm_context_messages: int = 40
+    # Every provider call asks for at most llm_max_tokens; the context sent is trimmed
+    # (oldest first) to llm_context_tokens, estimated (workers/reply_plan.py).
+    llm_max_tokens: int = 1024
+    llm_context_tokens: int = 12_000
     # The offline provider's pause per delta (tests slow it down to act mid-reply).
     llm_offline_delay_seconds: float = 0.03
     # The reply lease (workers/reply_lease.py): a reply being written holds a lease renewed
