@@ -75,19 +75,20 @@ class ChatController(Controller):
         pool: AsyncConnectionPool[Any] = state.pool
         wake: Wake = state.wake
         settings: Settings = state.settings
+        redis = live_redis(state, settings)
         if request.accept.best_match([EVENT_STREAM, JSON], default=EVENT_STREAM) == JSON:
-            # the user is checked inside post_chat's transaction
-            accepted = await chat.post_chat(pool, wake, settings, claimed_caller, data)
+            # the user is checked inside post_chat's transaction; the reply slot it takes
+            # (services/core/reply_slots.py) bounds this form as the stream slot bounds the other
+            accepted = await chat.post_chat(pool, wake, settings, claimed_caller, data, redis)
             return Response(accepted, status_code=HTTP_202_ACCEPTED)
         # Streamed: the user is checked before a stream slot is taken, as for any caller.
         caller = await verified(pool, claimed_caller)
-        redis = live_redis(state, settings)
         lease = await StreamLease.acquire(redis, settings, caller.user_id)
         if lease is None:
             raise ApiError("too_many_streams",
                            f"at most {settings.max_streams_per_user} open streams per user")
         try:
-            accepted = await chat.post_chat(pool, wake, settings, caller, data)
+            accepted = await chat.post_chat(pool, wake, settings, caller, data, redis)
         except BaseException:
             await lease.release()
             raise

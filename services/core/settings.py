@@ -38,6 +38,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     rate_limit_chat_per_user: str = "2/second;30/minute"
     rate_limit_signup_per_ip: str = "5/minute;30/hour"
     rate_limit_legacy_per_ip: str = "1/second;30/minute"
+    # Admission of chats (services/core/reply_slots.py): one reply in flight per session, at
+    # most this many pending per user and in all, a daily token budget per user (0 = none).
+    reply_slots_enabled: bool = True
+    max_pending_replies_per_user: int = 3
+    max_pending_replies: int = 200
+    reply_slot_seconds: float = 300.0  # a slot no worker gave back frees itself then
+    daily_token_budget: int = 200_000
     # Peers whose X-Forwarded-For is believed (the gateway, nginx): IPs or CIDRs, by ",".
     trusted_proxies: str = "127.0.0.1,::1"
     # Signed-token mode (services/http/auth.py): both services verify

@@ -92,6 +92,7 @@ class System:
             "HOST": "127.0.0.1",
             "LOG_JSON": "false",
             "RATE_LIMIT_ENABLED": "false",
+            "REPLY_SLOTS_ENABLED": "false",
             **self.extra,
         }
 

@@ -17,8 +17,11 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 from httpx_sse import connect_sse
 
+from services.core import reply_slots
+from services.core.settings import Settings
 from tests.e2e.system import RunningSystem, running_system
 
 TIMEOUT = 30.0
@@ -26,6 +29,8 @@ PER_IP = 200  # per minute
 PER_USER = 120  # per minute
 SIGNUPS_PER_IP = 3  # per minute
 CHATS_PER_USER = 12  # per minute
+PENDING_PER_USER = 3
+TOKEN_BUDGET = 100_000
 _addresses = (f"198.51.100.{n}" for n in itertools.count(1))
 
 
@@ -43,7 +48,11 @@ def system(make_database: Callable[[], str], redis_url: str, redis_prefix: str,
                         RATE_LIMIT_PER_USER=f"20/second;{PER_USER}/minute",
                         RATE_LIMIT_CHAT_PER_USER=f"{CHATS_PER_USER}/minute",
                         RATE_LIMIT_SIGNUP_PER_IP=f"{SIGNUPS_PER_IP}/minute",
-                        LLM_OFFLINE_DELAY_SECONDS="0.002") as running:
+                        REPLY_SLOTS_ENABLED="true",
+                        MAX_PENDING_REPLIES_PER_USER=str(PENDING_PER_USER),
+                        DAILY_TOKEN_BUDGET=str(TOKEN_BUDGET),
+                        # a reply takes ~0.3 s: long enough to post while it is pending
+                        LLM_OFFLINE_DELAY_SECONDS="0.02") as running:
         yield running
 
 
@@ -92,15 +101,89 @@ def test_signup_is_limited_per_ip(system: RunningSystem) -> None:
 
 def test_chats_are_limited_per_user_and_others_still_chat(system: RunningSystem) -> None:
     user, ip = new_user(system.url)
-    answers = [post_chat(system.url, user, ip, f"flood {n}") for n in range(CHATS_PER_USER + 3)]
-    codes = [a.status_code for a in answers]
-    assert codes.count(202) == CHATS_PER_USER, codes
-    for refused in answers[CHATS_PER_USER:]:
-        assert_limited(refused)
+    # one after the other, each reply awaited: only the chat rate limit can refuse
+    results = [_chat_and_wait_for_done(system.url, user, ip, f"chat {n}")[0]
+               for n in range(CHATS_PER_USER)]
+    assert results == [200] * CHATS_PER_USER
+    refused = post_chat(system.url, user, ip, "one too many")
+    assert_limited(refused)
     other, other_ip = new_user(system.url)
     assert post_chat(system.url, other, other_ip, "my turn").status_code == 202
     # the same user from another address is still the same user
     assert_limited(post_chat(system.url, user, new_ip(), "from elsewhere"))
+
+
+def test_a_user_waits_on_few_replies_at_once_json_form_included(system: RunningSystem) -> None:
+    user, ip = new_user(system.url)
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        answers = list(pool.map(lambda n: post_chat(system.url, user, ip, f"at once {n}"),
+                                range(6)))
+    codes = sorted(a.status_code for a in answers)
+    assert codes.count(202) <= PENDING_PER_USER, codes
+    refused = [a for a in answers if a.status_code != 202]
+    assert refused and all(a.status_code == 429 for a in refused), codes
+    for answer in refused:
+        assert answer.json()["error"] == "too_many_pending_replies"
+        assert int(answer.headers["retry-after"]) >= 1
+    # the slots come back when the replies end
+    wait_for(lambda: post_chat(system.url, user, ip, "later").status_code == 202)
+
+
+def test_one_reply_in_flight_per_session(system: RunningSystem) -> None:
+    user, ip = new_user(system.url)
+    first = post_chat(system.url, user, ip, "first")
+    assert first.status_code == 202
+    session = first.json()["session_id"]
+    second = httpx.post(f"{system.url}/api/v1/chat", json={"text": "second",
+                                                          "session_id": session},
+                        headers=headers(user, ip, Accept="application/json"), timeout=TIMEOUT)
+    assert second.status_code == 409, second.text
+    assert second.json()["error"] == "reply_in_progress"
+    assert int(second.headers["retry-after"]) >= 1
+
+    def posted_after_the_reply() -> bool:
+        again = httpx.post(f"{system.url}/api/v1/chat", json={"text": "second",
+                                                             "session_id": session},
+                           headers=headers(user, ip, Accept="application/json"),
+                           timeout=TIMEOUT)
+        return again.status_code == 202
+
+    wait_for(posted_after_the_reply)
+
+
+def test_the_daily_token_budget_counts_reported_tokens_and_refuses_when_spent(
+        system: RunningSystem, redis_url: str) -> None:
+    user, ip = new_user(system.url)
+    assert _chat_and_wait_for_done(system.url, user, ip, "count me")[0] == 200
+
+    def usage() -> dict[str, int]:
+        response = httpx.get(f"{system.url}/api/v1/users/me", headers=headers(user, ip),
+                             timeout=TIMEOUT)
+        assert response.status_code == 200, response.text
+        return dict(response.json()["usage"])
+
+    spent = wait_for(lambda: usage()["tokens_today"] > 0 and usage())
+    assert spent["daily_token_budget"] == TOKEN_BUDGET
+    # the rest of today's budget, as the worker counts it (the offline provider's replies
+    # are too small to spend it within a test)
+    client = redis.Redis.from_url(redis_url)
+    settings = Settings.from_env({}, redis_prefix=system.redis_prefix)
+    reply_slots.count_tokens(client, settings, user, TOKEN_BUDGET - spent["tokens_today"])
+    client.close()
+    refused = post_chat(system.url, user, ip, "over budget")
+    assert refused.status_code == 429, refused.text
+    assert refused.json()["error"] == "token_budget_spent"
+    assert int(refused.headers["retry-after"]) >= 1
+    assert usage()["tokens_today"] == TOKEN_BUDGET
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = TIMEOUT) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if result := predicate():
+            return result
+        time.sleep(0.2)
+    raise AssertionError(f"not within {timeout} s")
 
 
 def test_every_request_of_a_user_counts_in_both_services(system: RunningSystem) -> None:

@@ -512,7 +512,9 @@ def test_users_me_returns_the_callers_profile(as_alice: httpx.Client, alice: See
         "avatar_url",
         "created_at",
         "updated_at",
+        "usage",
     }
+    assert me["usage"] == {"tokens_today": 0, "daily_token_budget": 200_000}
     assert me["user_id"] == str(alice.user_id)
     assert me["email"] == f"{alice.user_id}@example.test"
     assert me["display_name"] == "Alice"
