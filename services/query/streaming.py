@@ -36,6 +36,7 @@ from services.http.stream_leases import StreamLease
 from services.query.consistency import (
     MIN_POSITION_HEADER,
     catch_up,
+    check_before_waiting,
     parse_min_position,
     wait_for_position,
 )
@@ -165,6 +166,7 @@ class StreamController(Controller):
         settings: Settings = state.settings
         position = parse_min_position(x_min_position, min_position)
         if position is not None:
+            await check_before_waiting(state.pool, user_id, position)
             await wait_for_position(state.pool, position, settings.min_position_wait_seconds)
         await check_session_owner(state.pool, user_id, sid, settings.min_position_wait_seconds)
         redis = live_redis(state, settings)
