@@ -18,9 +18,10 @@ from services.command.auth import Caller, verified
 from services.core.settings import Settings
 from services.core.wakeup import Wake
 from services.http.context import RequestIds
-from services.http.errors import ApiError, error_responses
+from services.http.errors import error_responses
+from services.http.ratelimit import scope_ip
 from services.http.sse import SseEvent, live_redis
-from services.http.stream_leases import StreamLease
+from services.http.stream_leases import StreamLease, too_many_streams
 
 EVENT_STREAM = "text/event-stream"
 JSON = "application/json"
@@ -83,10 +84,10 @@ class ChatController(Controller):
             return Response(accepted, status_code=HTTP_202_ACCEPTED)
         # Streamed: the user is checked before a stream slot is taken, as for any caller.
         caller = await verified(pool, claimed_caller)
-        lease = await StreamLease.acquire(redis, settings, caller.user_id)
+        lease = await StreamLease.acquire(redis, settings, caller.user_id,
+                                          scope_ip(request.scope, settings.trusted_proxies))
         if lease is None:
-            raise ApiError("too_many_streams",
-                           f"at most {settings.max_streams_per_user} open streams per user")
+            raise too_many_streams(settings)
         try:
             accepted = await chat.post_chat(pool, wake, settings, caller, data, redis)
         except BaseException:
@@ -146,6 +147,7 @@ class LegacyChatController(Controller):
     )
     async def legacy_chat(
         self,
+        request: Request[Any, Any, Any],
         data: JSONBody[legacy.LegacyChat],
         pool: NamedDependency[AsyncConnectionPool[Any]],
         wake: NamedDependency[Wake],
@@ -157,10 +159,10 @@ class LegacyChatController(Controller):
         streams the reply. No user header: the project's owner is the author."""
         redis = live_redis(state, settings)
         # no user here: the cap on open streams is per project
-        lease = await StreamLease.acquire(redis, settings, data.project_id or uuid.uuid4())
+        lease = await StreamLease.acquire(redis, settings, data.project_id or uuid.uuid4(),
+                                          scope_ip(request.scope, settings.trusted_proxies))
         if lease is None:
-            raise ApiError("too_many_streams",
-                           f"at most {settings.max_streams_per_user} open streams")
+            raise too_many_streams(settings)
         try:
             accepted = await legacy.post_legacy_chat(pool, settings, request_ids, data)
             await chat.announce(wake, accepted)

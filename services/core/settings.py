@@ -30,6 +30,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_message_chars: int = 32_000
     max_body_bytes: int = 256 * 1024
     max_streams_per_user: int = 8
+    max_streams_per_ip: int = 32  # 0 = no cap
+    max_streams: int = 2_000  # live streams in all, every instance (0 = no cap)
+    # A live stream ends after this long; the client resumes with Last-Event-ID.
+    max_stream_seconds: float = 600.0
     # Rate limits (services/http/ratelimit.py), counted in Redis across every instance:
     # `limits` strings ("N/second", "N/minute", ... joined by ";"), empty = that one off.
     rate_limit_enabled: bool = True

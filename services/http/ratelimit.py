@@ -19,6 +19,7 @@ limit is a defence, not a dependency, and the write path reports Redis faults it
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
 import time
@@ -53,9 +54,19 @@ def limits_from(text: str) -> list[RateLimitItem]:
     return parse_many(text) if text.strip() else []
 
 
-def trusted_networks(text: str) -> list[IpNetwork]:
-    return [ipaddress.ip_network(part.strip(), strict=False)
-            for part in text.split(",") if part.strip()]
+@functools.cache
+def trusted_networks(text: str) -> tuple[IpNetwork, ...]:
+    return tuple(ipaddress.ip_network(part.strip(), strict=False)
+                 for part in text.split(",") if part.strip())
+
+
+def scope_ip(scope: Scope, trusted_proxies: str) -> str:
+    """The client IP of a request (see client_ip)."""
+    forwarded = [v.decode("latin-1") for k, v in scope["headers"]
+                 if k.lower() == _FORWARDED_FOR_BYTES]
+    client = scope.get("client")
+    return client_ip(client[0] if client else None, forwarded,
+                     trusted_networks(trusted_proxies))
 
 
 def client_ip(peer: str | None, forwarded_for: Sequence[str],
@@ -89,7 +100,7 @@ class RateLimitMiddleware(ASGIMiddleware):
         self.chat_per_user = limits_from(settings.rate_limit_chat_per_user)
         self.signup_per_ip = limits_from(settings.rate_limit_signup_per_ip)
         self.legacy_per_ip = limits_from(settings.rate_limit_legacy_per_ip)
-        self.trusted = trusted_networks(settings.trusted_proxies)
+        self.trusted_proxies = settings.trusted_proxies
         self.redis_url = settings.redis_url
         self.key_prefix = f"{settings.redis_prefix}ratelimit"
         self._limiter: SlidingWindowCounterRateLimiter | None = None
@@ -108,9 +119,7 @@ class RateLimitMiddleware(ASGIMiddleware):
         method = cast(HTTPScope, scope)["method"]
         route = (method, scope["path"])
         headers = scope["headers"]
-        forwarded = [v.decode("latin-1") for k, v in headers if k.lower() == _FORWARDED_FOR_BYTES]
-        client = scope.get("client")
-        ip = client_ip(client[0] if client else None, forwarded, self.trusted)
+        ip = scope_ip(scope, self.trusted_proxies)
         found: list[tuple[RateLimitItem, str, str]] = [(item, "ip", ip) for item in self.per_ip]
         if route == SIGNUP:
             found += [(item, "signup-ip", ip) for item in self.signup_per_ip]

@@ -203,7 +203,8 @@ async def sse_stream(
 ) -> AsyncGenerator[ServerSentEventMessage, None]:
     """The body of a live SSE response: `prelude` (POST /chat's `session` event), then
     relay(). Renews `lease` as events and heartbeats flow and releases it however the
-    stream ends, a client disconnect included."""
+    stream ends, a client disconnect included. Ends after settings.max_stream_seconds (at
+    the next event or heartbeat): no connection is held forever."""
     SSE_CONNECTIONS.inc()
     try:
         for event in prelude:
@@ -218,10 +219,15 @@ async def sse_stream(
                 start_timeout=start_timeout,
             )
         ) as events:
+            ends = time.monotonic() + settings.max_stream_seconds
             async for event in events:
                 if lease is not None:
                     await lease.renew()
                 yield event
+                if time.monotonic() >= ends:
+                    # the client resumes with Last-Event-ID (EventSource does it by itself)
+                    log.info("stream_lifetime_reached", session_id=str(session_id))
+                    return
     finally:
         SSE_CONNECTIONS.dec()
         if lease is not None:

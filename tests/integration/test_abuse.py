@@ -22,6 +22,7 @@ from httpx_sse import connect_sse
 
 from services.core import reply_slots
 from services.core.settings import Settings
+from services.http.stream_leases import streams_key
 from tests.e2e.system import RunningSystem, running_system
 
 TIMEOUT = 30.0
@@ -31,6 +32,8 @@ SIGNUPS_PER_IP = 3  # per minute
 CHATS_PER_USER = 12  # per minute
 PENDING_PER_USER = 3
 TOKEN_BUDGET = 100_000
+STREAMS_PER_IP = 4
+STREAM_SECONDS = 3
 _addresses = (f"198.51.100.{n}" for n in itertools.count(1))
 
 
@@ -49,6 +52,9 @@ def system(make_database: Callable[[], str], redis_url: str, redis_prefix: str,
                         RATE_LIMIT_CHAT_PER_USER=f"{CHATS_PER_USER}/minute",
                         RATE_LIMIT_SIGNUP_PER_IP=f"{SIGNUPS_PER_IP}/minute",
                         REPLY_SLOTS_ENABLED="true",
+                        MAX_STREAMS_PER_IP=str(STREAMS_PER_IP),
+                        MAX_STREAM_SECONDS=str(STREAM_SECONDS),
+                        SSE_HEARTBEAT_SECONDS="1",
                         MAX_PENDING_REPLIES_PER_USER=str(PENDING_PER_USER),
                         DAILY_TOKEN_BUDGET=str(TOKEN_BUDGET),
                         # a reply takes ~0.3 s: long enough to post while it is pending
@@ -175,6 +181,58 @@ def test_the_daily_token_budget_counts_reported_tokens_and_refuses_when_spent(
     assert refused.json()["error"] == "token_budget_spent"
     assert int(refused.headers["retry-after"]) >= 1
     assert usage()["tokens_today"] == TOKEN_BUDGET
+
+
+def _idle_stream_url(base: str, user: str, ip: str) -> str:
+    """A stream of the user's own session that waits for a reply that never comes."""
+    response = post_chat(base, user, ip, "a session to listen to")
+    assert response.status_code == 202, response.text
+    session = response.json()["session_id"]
+    return f"{base}/api/v1/sessions/{session}/stream?reply_to={uuid.uuid4()}"
+
+
+def test_live_streams_are_capped_per_ip(system: RunningSystem) -> None:
+    ip = new_ip()
+    users = [new_user(system.url)[0] for _ in range(STREAMS_PER_IP + 1)]
+    urls = [_idle_stream_url(system.url, user, ip) for user in users]
+    with httpx.Client(timeout=TIMEOUT) as client:
+        opened = []
+        try:
+            for user, url in zip(users[:STREAMS_PER_IP], urls, strict=False):
+                stream = client.stream("GET", url, headers=headers(user, ip))
+                response = stream.__enter__()
+                opened.append(stream)
+                assert response.status_code == 200
+            refused = client.get(urls[-1], headers=headers(users[-1], ip))
+            assert refused.status_code == 429, refused.text
+            assert refused.json()["error"] == "too_many_streams"
+            assert int(refused.headers["retry-after"]) >= 1
+            # the same user from another address is not held up by this one
+            with client.stream("GET", urls[-1], headers=headers(users[-1], new_ip())) as other:
+                assert other.status_code == 200
+        finally:
+            for stream in opened:
+                stream.__exit__(None, None, None)
+
+
+def test_a_live_stream_ends_after_its_lifetime(system: RunningSystem, redis_url: str) -> None:
+    user, ip = new_user(system.url)
+    url = _idle_stream_url(system.url, user, ip)
+    started = time.monotonic()
+    with httpx.Client(timeout=TIMEOUT) as client, client.stream(
+            "GET", url, headers=headers(user, ip)) as response:
+        assert response.status_code == 200
+        body = b"".join(response.iter_raw())  # returns only because the server ends it
+    lasted = time.monotonic() - started
+    assert lasted >= STREAM_SECONDS * 0.9, lasted
+    assert b"heartbeat" in body
+    # and its slot was given back
+    client = redis.Redis.from_url(redis_url)
+    settings = Settings.from_env({}, redis_prefix=system.redis_prefix)
+    try:
+        wait_for(lambda: client.zcard(streams_key(settings, user)) == 0)
+    finally:
+        client.close()
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = TIMEOUT) -> Any:

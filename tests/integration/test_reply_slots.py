@@ -63,3 +63,31 @@ def test_a_slot_given_back_or_expired_is_free_again(settings: Settings) -> None:
 
     assert _run(s, steps) == [reply_slots.TAKEN, reply_slots.SESSION_BUSY, reply_slots.TAKEN,
                               reply_slots.TAKEN]
+
+
+def test_stream_leases_are_capped_per_user_per_ip_and_in_all(settings: Settings) -> None:
+    from services.http.stream_leases import StreamLease
+
+    s = msgspec.structs.replace(settings, redis_prefix=f"{settings.redis_prefix}leases-"
+                                f"{uuid.uuid4().hex[:6]}:", max_streams_per_user=2,
+                                max_streams_per_ip=3, max_streams=4)
+    alice, bob, carol = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+
+    async def steps(client: aioredis.Redis) -> list[bool]:
+        async def take(user: uuid.UUID, ip: str) -> bool:
+            return await StreamLease.acquire(client, s, user, ip) is not None
+
+        results = [await take(alice, "a"), await take(alice, "a"),
+                   await take(alice, "b"),  # alice's cap
+                   await take(bob, "a"),
+                   await take(bob, "a"),  # address a's cap
+                   await take(bob, "b"),
+                   await take(carol, "c")]  # everyone's cap
+        lease = await StreamLease.acquire(client, msgspec.structs.replace(s, max_streams=5),
+                                          carol, "c")
+        assert lease is not None
+        await lease.release()
+        results.append(not await take(carol, "c"))  # given back, yet still 4 held of 4
+        return results
+
+    assert _run(s, steps) == [True, True, False, True, False, True, False, True]
