@@ -39,6 +39,8 @@ ERRORS: dict[str, ErrorCode] = {
                                       "or of the wrong type."),
     "invalid_parameter": ErrorCode(400, "A query, path or header parameter is malformed or "
                                         "out of range."),
+    "invalid_path": ErrorCode(400, "The path has dot segments or encoded slashes, "
+                                   "backslashes or dots."),
     "invalid_user_id": ErrorCode(400, "X-User-ID is not a UUID."),
     "invalid_session_id": ErrorCode(400, "The session id in the path is not a UUID."),
     "invalid_cursor": ErrorCode(400, "`before` is not a cursor this API returned."),

@@ -7,7 +7,9 @@ address with X-Forwarded-For, which the services believe from the gateway on loo
 
 from __future__ import annotations
 
+import http.client
 import itertools
+import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -325,3 +327,33 @@ def test_noisy_neighbour_gets_429s_while_others_chat(system: RunningSystem) -> N
     assert all("retry-after" in r.headers for r in flood if r.status_code == 429)
     assert flood_codes.count(202) <= CHATS_PER_USER
     assert [status for status, _ in results] == [200] * len(results), results
+
+
+@pytest.mark.parametrize("path", ["/schema/../api/v1/chat", "/schema/%2e%2e/api/v1/chat",
+                                  "/api/v1%2Fchat", "/api/v1/./chat", "/api//v1/chat"])
+def test_path_tricks_are_refused_before_routing(system: RunningSystem, path: str) -> None:
+    """`POST /schema/../chat` once passed the `/schema` exemption of the caller check and was
+    cleaned into `/chat` on the way: now any such path is 400 at the gateway."""
+    user, ip = new_user(system.url)
+    # http.client sends the path as written (httpx would remove the dot segments itself)
+    url = httpx.URL(system.url)
+    conn = http.client.HTTPConnection(url.host, url.port, timeout=TIMEOUT)
+    try:
+        conn.request("POST", path, body=json.dumps({"text": "sneaky"}),
+                     headers={**headers(user, ip), "Content-Type": "application/json",
+                              "Accept": "application/json"})
+        response = conn.getresponse()
+        status, body = response.status, json.loads(response.read())
+    finally:
+        conn.close()
+    assert status == 400, body
+    assert body["error"] == "invalid_path"
+
+
+def test_readiness_is_cached(system: RunningSystem) -> None:
+    """A burst of unauthenticated probes opens no database connection each: they all share
+    one check per second."""
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answers = list(pool.map(lambda _: httpx.get(f"{system.url}/readyz", timeout=TIMEOUT),
+                                range(40)))
+    assert {a.status_code for a in answers} == {200}
