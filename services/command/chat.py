@@ -224,7 +224,8 @@ async def announce(wake: Wake, accepted: ChatAccepted) -> None:
 
 
 def reply_events(
-    redis: aioredis.Redis, settings: Settings, accepted: ChatAccepted, lease: StreamLease
+    redis: aioredis.Redis, settings: Settings, accepted: ChatAccepted, lease: StreamLease,
+    headers: dict[str, str] | None = None,
 ) -> ServerSentEvent:
     """The streamed answer: a `session` event with what was stored, then the reply relayed
     from the session's live stream (delta..., message, done) by the code the query service's
@@ -235,7 +236,7 @@ def reply_events(
     return sse_response(sse_stream(
         redis, settings, accepted.session_id, reply_to=accepted.message_id,
         start_timeout=settings.reply_start_timeout_seconds, prelude=[session], lease=lease,
-    ))
+    ), headers)
 
 
 def message_posted(caller: Caller, session_id: uuid.UUID, text: str) -> MessagePosted:

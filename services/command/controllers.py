@@ -14,12 +14,13 @@ from litestar.status_codes import HTTP_202_ACCEPTED
 from psycopg_pool import AsyncConnectionPool
 
 from services.command import chat, legacy, sessions, users
-from services.command.auth import Caller, verified
+from services.command.auth import Caller, authenticate, verified
 from services.core.settings import Settings
 from services.core.wakeup import Wake
+from services.http.auth import USER_HEADER
 from services.http.context import RequestIds
-from services.http.errors import error_responses
-from services.http.ratelimit import scope_ip
+from services.http.errors import ApiError, error_responses
+from services.http.ratelimit import hit_or_refuse, scope_ip
 from services.http.sse import SseEvent, live_redis
 from services.http.stream_leases import StreamLease, too_many_streams
 
@@ -127,6 +128,12 @@ class SessionController(Controller):
         await sessions.delete_session(pool, wake, caller, session_id)
 
 
+def legacy_headers(settings: Settings) -> dict[str, str]:
+    """RFC 9745 Deprecation, RFC 8594 Sunset, and where to go instead."""
+    return {"Deprecation": "true", "Sunset": settings.legacy_chat_sunset,
+            "Link": '</api/v1/chat>; rel="successor-version"'}
+
+
 class LegacyChatController(Controller):
     """The pre-session endpoint, kept for old clients (services/command/legacy.py)."""
 
@@ -142,7 +149,7 @@ class LegacyChatController(Controller):
                 SseEvent, media_type="text/event-stream", generate_examples=False,
                 description="Server-sent events: `session`, `delta`..., `message`, `done`.",
             ),
-            **error_responses(400, 404, 413, 429, 503),
+            **error_responses(400, 401, 404, 410, 413, 429, 503),
         },
     )
     async def legacy_chat(
@@ -156,17 +163,28 @@ class LegacyChatController(Controller):
         state: State,
     ) -> Response[Any]:
         """Posts to the project's legacy conversation (a new project when none is given) and
-        streams the reply. No user header: the project's owner is the author."""
+        streams the reply. Deprecated (see the Deprecation and Sunset headers): without
+        credentials only into projects still owned by their legacy owner; with them, only
+        into the caller's own or linked projects (services/command/legacy.py)."""
+        if not settings.legacy_chat_enabled:
+            raise ApiError("legacy_chat_disabled", "POST /chat is switched off; use "
+                           "POST /api/v1/chat")
+        claimed = request.headers.get(USER_HEADER)
+        caller = None if claimed is None else await authenticate(pool, claimed)
+        ip = scope_ip(request.scope, settings.trusted_proxies)
+        if data.project_id is None:
+            await hit_or_refuse(settings, settings.rate_limit_legacy_new_project_per_ip,
+                                "legacy-new-project-ip", ip)
         redis = live_redis(state, settings)
-        # no user here: the cap on open streams is per project
-        lease = await StreamLease.acquire(redis, settings, data.project_id or uuid.uuid4(),
-                                          scope_ip(request.scope, settings.trusted_proxies))
+        # the cap on open streams is per project (and per IP)
+        lease = await StreamLease.acquire(redis, settings, data.project_id or uuid.uuid4(), ip)
         if lease is None:
             raise too_many_streams(settings)
         try:
-            accepted = await legacy.post_legacy_chat(pool, settings, request_ids, data)
+            accepted = await legacy.post_legacy_chat(pool, settings, request_ids, data, caller)
             await chat.announce(wake, accepted)
         except BaseException:
             await lease.release()
             raise
-        return chat.reply_events(redis, settings, accepted, lease)
+        return chat.reply_events(redis, settings, accepted, lease,
+                                 legacy_headers(settings))

@@ -49,6 +49,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_pending_replies: int = 200
     reply_slot_seconds: float = 300.0  # a slot no worker gave back frees itself then
     daily_token_budget: int = 200_000
+    # The legacy POST /chat (services/command/legacy.py): on or off, its announced end, and
+    # how many new (anonymous) projects one client IP may create through it.
+    legacy_chat_enabled: bool = True
+    legacy_chat_sunset: str = "Wed, 30 Jun 2027 00:00:00 GMT"
+    rate_limit_legacy_new_project_per_ip: str = "5/hour"
     # Peers whose X-Forwarded-For is believed (the gateway, nginx): IPs or CIDRs, by ",".
     trusted_proxies: str = "127.0.0.1,::1"
     # Signed-token mode (services/http/auth.py): both services verify

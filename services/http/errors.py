@@ -69,6 +69,8 @@ ERRORS: dict[str, ErrorCode] = {
     "project_not_found": ErrorCode(404, "No such project for this user."),
     "message_not_found": ErrorCode(404, "`after`/`before` names a message not in this "
                                         "session."),
+    "legacy_chat_disabled": ErrorCode(410, "LEGACY_CHAT_ENABLED is false: use POST "
+                                           "/api/v1/chat."),
     "method_not_allowed": ErrorCode(405, "The path exists, not with this method (see Allow)."),
     # 409: the state changed under the request.
     "email_taken": ErrorCode(409, "That e-mail address is already registered."),

@@ -19,6 +19,7 @@ limit is a defence, not a dependency, and the write path reports Redis faults it
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import ipaddress
 import math
@@ -38,7 +39,7 @@ from litestar.types import ASGIApp, HTTPScope, Message, Receive, Scope, Send
 
 from services.core.settings import Settings
 from services.http.auth import PUBLIC_PATHS, PUBLIC_PREFIXES, SIGNUP
-from services.http.errors import error_body
+from services.http.errors import ApiError, error_body
 
 log = structlog.get_logger("http.ratelimit")
 
@@ -88,6 +89,40 @@ def client_ip(peer: str | None, forwarded_for: Sequence[str],
     return peer
 
 
+_limiters: dict[tuple[int, str, str], SlidingWindowCounterRateLimiter] = {}
+
+
+def limiter_for(settings: Settings) -> SlidingWindowCounterRateLimiter:
+    """The process's limiter for this Redis and prefix, made on first use inside the running
+    event loop (its Redis client belongs to that loop)."""
+    key = (id(asyncio.get_running_loop()), settings.redis_url, settings.redis_prefix)
+    if key not in _limiters:
+        storage = RedisStorage(f"async+{settings.redis_url}", implementation="redispy",
+                               key_prefix=f"{settings.redis_prefix}ratelimit",
+                               socket_timeout=1.0, socket_connect_timeout=1.0)
+        _limiters[key] = SlidingWindowCounterRateLimiter(storage)
+    return _limiters[key]
+
+
+async def hit_or_refuse(settings: Settings, limits_text: str, name: str,
+                        identifier: str) -> None:
+    """For a limit a handler applies itself (it depends on the body): ApiError 429
+    rate_limited + Retry-After past it. Fails open like the middleware."""
+    if not settings.rate_limit_enabled:
+        return
+    limiter = limiter_for(settings)
+    for item in limits_from(limits_text):
+        try:
+            allowed = await limiter.hit(item, name, identifier)
+            reset = (await limiter.get_window_stats(item, name, identifier)).reset_time
+        except Exception as error:  # fail open, said in the log
+            log.warning("rate_limit_unavailable", error=repr(error))
+            return
+        if not allowed:
+            raise ApiError("rate_limited", f"over the {name} limit of {item}",
+                           retry_after=_seconds_until(reset))
+
+
 class RateLimitMiddleware(ASGIMiddleware):
     """The limits above; after the caller check, so the user is the token's."""
 
@@ -101,18 +136,7 @@ class RateLimitMiddleware(ASGIMiddleware):
         self.signup_per_ip = limits_from(settings.rate_limit_signup_per_ip)
         self.legacy_per_ip = limits_from(settings.rate_limit_legacy_per_ip)
         self.trusted_proxies = settings.trusted_proxies
-        self.redis_url = settings.redis_url
-        self.key_prefix = f"{settings.redis_prefix}ratelimit"
-        self._limiter: SlidingWindowCounterRateLimiter | None = None
-
-    def limiter(self) -> SlidingWindowCounterRateLimiter:
-        # Made on first use, inside the server's event loop.
-        if self._limiter is None:
-            storage = RedisStorage(f"async+{self.redis_url}", implementation="redispy",
-                                   key_prefix=self.key_prefix, socket_timeout=1.0,
-                                   socket_connect_timeout=1.0)
-            self._limiter = SlidingWindowCounterRateLimiter(storage)
-        return self._limiter
+        self.settings = settings
 
     def checks(self, scope: Scope) -> list[tuple[RateLimitItem, str, str]]:
         """(limit, scope name, identifier) for each limit this request counts against."""
@@ -137,7 +161,7 @@ class RateLimitMiddleware(ASGIMiddleware):
         if not self.enabled or path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES):
             await next_app(scope, receive, send)
             return
-        limiter = self.limiter()
+        limiter = limiter_for(self.settings)
         tightest: tuple[RateLimitItem, int, float] | None = None  # limit, remaining, reset
         refused: tuple[RateLimitItem, float, str] | None = None  # limit, reset, which
         try:

@@ -247,11 +247,12 @@ class SseEvent(msgspec.Struct, frozen=True, kw_only=True):
     retry: int | None = None
 
 
-def sse_response(events: AsyncIterator[ServerSentEventMessage]) -> ServerSentEvent:
+def sse_response(events: AsyncIterator[ServerSentEventMessage],
+                 headers: dict[str, str] | None = None) -> ServerSentEvent:
     """A text/event-stream response over sse_stream(); Litestar's own headers already turn
     off proxy buffering (X-Accel-Buffering: no) and caching."""
     # 200 whatever the route's default: POST /chat's is 202, for its JSON answer
-    return ServerSentEvent(events, status_code=200)
+    return ServerSentEvent(events, status_code=200, headers=headers)
 
 
 def live_redis(state: Any, settings: Settings) -> aioredis.Redis:

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 import redis
-from httpx_sse import connect_sse
+from httpx_sse import EventSource, connect_sse
 
 from services.core import reply_slots
 from services.core.settings import Settings
@@ -35,6 +35,7 @@ CHATS_PER_USER = 12  # per minute
 PENDING_PER_USER = 3
 TOKEN_BUDGET = 100_000
 STREAMS_PER_IP = 4
+LEGACY_PROJECTS_PER_IP = 2
 STREAM_SECONDS = 3
 _addresses = (f"198.51.100.{n}" for n in itertools.count(1))
 
@@ -54,6 +55,7 @@ def system(make_database: Callable[[], str], redis_url: str, redis_prefix: str,
                         RATE_LIMIT_CHAT_PER_USER=f"{CHATS_PER_USER}/minute",
                         RATE_LIMIT_SIGNUP_PER_IP=f"{SIGNUPS_PER_IP}/minute",
                         REPLY_SLOTS_ENABLED="true",
+                        RATE_LIMIT_LEGACY_NEW_PROJECT_PER_IP=f"{LEGACY_PROJECTS_PER_IP}/hour",
                         MAX_STREAMS_PER_IP=str(STREAMS_PER_IP),
                         MAX_STREAM_SECONDS=str(STREAM_SECONDS),
                         SSE_HEARTBEAT_SECONDS="1",
@@ -357,3 +359,61 @@ def test_readiness_is_cached(system: RunningSystem) -> None:
         answers = list(pool.map(lambda _: httpx.get(f"{system.url}/readyz", timeout=TIMEOUT),
                                 range(40)))
     assert {a.status_code for a in answers} == {200}
+
+
+def _legacy(base: str, ip: str, body: dict[str, Any],
+            user: str | None = None) -> tuple[int, dict[str, str], list[tuple[str, str]]]:
+    """(status, headers, events) of a legacy POST /chat."""
+    extra = {"X-Forwarded-For": ip, **({"X-User-ID": user} if user else {})}
+    with httpx.Client(timeout=TIMEOUT) as client, client.stream(
+            "POST", f"{base}/chat", json=body, headers=extra) as response:
+        if response.status_code != 200:
+            response.read()
+            return response.status_code, dict(response.headers), []
+        events = [(e.event, e.data) for e in EventSource(response).iter_sse()]
+        return response.status_code, dict(response.headers), events
+
+
+def test_legacy_chat_cannot_reach_another_users_project(system: RunningSystem) -> None:
+    """An anonymous caller who knows a project id of a real user can neither post into its
+    conversation nor (through the assistant's context) read it out."""
+    owner, ip = new_user(system.url)
+    mine = post_chat(system.url, owner, ip, "my private story")
+    assert mine.status_code == 202
+    project = mine.json()["project_id"]
+    status, _, _ = _legacy(system.url, new_ip(), {"text": "tell me", "project_id": project})
+    assert status == 404
+    stranger, stranger_ip = new_user(system.url)
+    status, _, _ = _legacy(system.url, stranger_ip, {"text": "tell me", "project_id": project},
+                           user=stranger)
+    assert status == 404
+    # the owner, with credentials, may use the legacy route on their own project
+    status, found, _ = _legacy(system.url, ip, {"text": "legacy me", "project_id": project},
+                               user=owner)
+    assert status == 200
+    assert found["deprecation"] == "true" and "sunset" in found
+
+
+def test_anonymous_legacy_projects_are_capped_per_ip_and_stay_anonymous(
+        system: RunningSystem) -> None:
+    ip = new_ip()
+    made = []
+    for n in range(LEGACY_PROJECTS_PER_IP):
+        # (the legacy route is also limited to one post a second per address)
+        status, found, events = _post_legacy_slowly(system.url, ip, {"text": f"legacy {n}"})
+        assert status == 200, status
+        assert found["deprecation"] == "true"
+        made.append(json.loads(events[0][1])["project_id"])
+    status, found, _ = _post_legacy_slowly(system.url, ip, {"text": "one more"})
+    assert status == 429
+    assert int(found["retry-after"]) >= 1
+    # an anonymous project stays open to anonymous posts (old clients keep working)
+    status, _, _ = _post_legacy_slowly(system.url, new_ip(), {"text": "again",
+                                                              "project_id": made[0]})
+    assert status == 200
+
+
+def _post_legacy_slowly(base: str, ip: str,
+                        body: dict[str, Any]) -> tuple[int, dict[str, str], list[Any]]:
+    time.sleep(1.1)
+    return _legacy(base, ip, body)
