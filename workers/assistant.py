@@ -30,6 +30,7 @@ from services.core.eventstore import (
     read_stream_sync,
     stream_info_sync,
 )
+from services.core.livewire import latest_key, live_key
 from services.core.metrics import observe_reply
 from services.core.wakeup import wake_followers_sync
 from workers.live_writer import LiveWriter, clear_stop, stop_requested
@@ -42,6 +43,7 @@ log = structlog.get_logger("assistant")
 
 APPEND_ATTEMPTS = 5  # the session stream moves on only when its owner writes: rarely
 SELECT_RECORDED_AT = "SELECT recorded_at FROM events WHERE position = %s"
+DELETED_RELAY_SECONDS = 30  # long enough for a listener to read the `error`
 SELECT_OWNER = "SELECT owner_id FROM event_streams WHERE stream_id = %s"
 
 
@@ -277,6 +279,11 @@ def _store(
         log.info("reply_not_stored", reason=result)
         if result == "deleted":
             _live(writer.error, "session_deleted", "the session was deleted")
+            # deleted while being written: what reached the relay goes soon, not in an hour
+            with contextlib.suppress(Exception):
+                for key in (live_key(runtime.settings, plan.session_id),
+                            latest_key(runtime.settings, plan.session_id)):
+                    runtime.redis.expire(key, DELETED_RELAY_SECONDS)
         return
     wake_followers_sync(runtime.wake_redis, runtime.settings)
     _count_tokens(runtime, plan, out)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import structlog
 from litestar import Controller, Request, Response, delete, post, put
 from litestar.datastructures import State
 from litestar.di import NamedDependency
@@ -12,6 +13,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, JSONBody
 from litestar.status_codes import HTTP_202_ACCEPTED
 from psycopg_pool import AsyncConnectionPool
+from redis.exceptions import RedisError
 
 from services.command import chat, legacy, sessions, users
 from services.command.auth import Caller, authenticate, verified
@@ -21,8 +23,10 @@ from services.http.auth import USER_HEADER
 from services.http.context import RequestIds
 from services.http.errors import ApiError, error_responses
 from services.http.ratelimit import hit_or_refuse, scope_ip
-from services.http.sse import SseEvent, live_redis
+from services.http.sse import SseEvent, forget_session, live_redis
 from services.http.stream_leases import StreamLease, too_many_streams
+
+log = structlog.get_logger("command")
 
 EVENT_STREAM = "text/event-stream"
 JSON = "application/json"
@@ -123,9 +127,16 @@ class SessionController(Controller):
         pool: NamedDependency[AsyncConnectionPool[Any]],
         wake: NamedDependency[Wake],
         caller: NamedDependency[Caller],
+        settings: NamedDependency[Settings],
+        state: State,
     ) -> None:
-        """Deletes a session and erases what was written in it from the event store."""
+        """Deletes a session and erases what was written in it from the event store (and
+        its live relay from Redis)."""
         await sessions.delete_session(pool, wake, caller, session_id)
+        try:
+            await forget_session(live_redis(state, settings), settings, session_id)
+        except (RedisError, OSError):  # stored already; the relay expires by itself
+            log.warning("live_relay_not_removed", session_id=str(session_id), exc_info=True)
 
 
 def legacy_headers(settings: Settings) -> dict[str, str]:

@@ -50,6 +50,16 @@ async def request_stop(client: aioredis.Redis, settings: Settings, session_id: u
     await client.set(stop_key(settings, session_id), "1", ex=STOP_TTL_SECONDS)
 
 
+async def forget_session(client: aioredis.Redis, settings: Settings,
+                         session_id: uuid.UUID) -> None:
+    """After a session is deleted: stop a reply being written, and remove its live relay
+    (which holds the whole reply text) now rather than when it expires."""
+    async with client.pipeline(transaction=False) as pipe:
+        pipe.set(stop_key(settings, session_id), "1", ex=STOP_TTL_SECONDS)
+        pipe.delete(live_key(settings, session_id), latest_key(settings, session_id))
+        await pipe.execute()
+
+
 def _before(entry_id: str) -> str:
     """The largest stream id below `entry_id`: XREAD is exclusive, and we want to read the
     `started` entry itself."""

@@ -417,3 +417,25 @@ def _post_legacy_slowly(base: str, ip: str,
                         body: dict[str, Any]) -> tuple[int, dict[str, str], list[Any]]:
     time.sleep(1.1)
     return _legacy(base, ip, body)
+
+
+def test_deleting_a_session_removes_its_live_relay(system: RunningSystem, redis_url: str) -> None:
+    """The relay holds the whole reply; it used to stay in Redis for an hour after DELETE."""
+    from services.core.livewire import latest_key, live_key
+
+    user, ip = new_user(system.url)
+    assert _chat_and_wait_for_done(system.url, user, ip, "soon gone")[0] == 200
+    listed = wait_for(lambda: httpx.get(f"{system.url}/api/v1/sessions",
+                                        headers=headers(user, ip),
+                                        timeout=TIMEOUT).json()["sessions"])
+    session = listed[0]["session_id"]
+    settings = Settings.from_env({}, redis_prefix=system.redis_prefix)
+    client = redis.Redis.from_url(redis_url)
+    try:
+        assert client.exists(live_key(settings, session)) == 1
+        deleted = httpx.delete(f"{system.url}/api/v1/sessions/{session}",
+                               headers=headers(user, ip), timeout=TIMEOUT)
+        assert deleted.status_code in (200, 204), deleted.text
+        assert client.exists(live_key(settings, session), latest_key(settings, session)) == 0
+    finally:
+        client.close()
