@@ -114,6 +114,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     reply_recovery_window_seconds: float = 600.0
     log_level: str = "INFO"
     log_json: bool = True
+    # With a token, the gateway's /metrics answers only `Authorization: Bearer <token>` (404
+    # otherwise): not public through the gateway. The services' and the worker's own
+    # /metrics are on ports that are not published.
+    metrics_token: str = ""
     # The worker process's Prometheus endpoint (http://HOST:port/metrics); 0 turns it off.
     worker_metrics_port: int = 9100
 

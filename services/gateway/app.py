@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import mimetypes
 import time
 import uuid
@@ -42,6 +43,7 @@ from services.core.settings import Settings
 from services.gateway.openapi import merge_openapi
 from services.gateway.routes import RouteTable, allow_header, service_routes
 from services.http.auth import sign_upstream
+from services.http.headers import add_missing, security_headers, served_over_https
 from services.http.metrics import METRICS_PATH, exposition, timed_send
 from services.http.paths import unsafe_path
 
@@ -100,6 +102,8 @@ class Gateway:
             return  # no websockets here: the live stream is SSE
         path, method = scope["path"], scope["method"]
         send = timed_send(send, "gateway", method, _metrics_route(path, method))
+        send = _hardened(send, ui=method in READ_METHODS and (path == "/" or path.startswith(
+            UI_PREFIX)), https=served_over_https(scope))
         allowed = UI_METHODS if path.startswith(UI_PREFIX) else self.routes.allowed(path)
         if unsafe_path(scope.get("raw_path") or path.encode()):
             # before any route or exemption reads it (services/http/paths.py)
@@ -114,13 +118,24 @@ class Gateway:
         elif path == "/readyz":
             await self._ready(send)
         elif method in READ_METHODS and path == METRICS_PATH:
-            await _metrics(scope, send)
+            if self._may_scrape(scope):
+                await _metrics(scope, send)
+            else:  # not public: as if there were nothing here
+                await _json(send, 404, {"error": "not_found", "detail": "no such file"})
         elif method in READ_METHODS and path == OPENAPI_PATH:
             await self._openapi(send)
         elif method in READ_METHODS and (path == "/" or path.startswith(UI_PREFIX)):
             await self._static(path, method, send)
         else:
             await self._proxy(scope, receive, send)
+
+    def _may_scrape(self, scope: Scope) -> bool:
+        """/metrics needs `Authorization: Bearer <METRICS_TOKEN>` when the token is set."""
+        token = self.settings.metrics_token
+        if not token:
+            return True
+        given = next((v for k, v in scope["headers"] if k.lower() == b"authorization"), b"")
+        return hmac.compare_digest(given, f"Bearer {token}".encode())
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -301,6 +316,18 @@ class Gateway:
                 response.release()  # the connection goes back to the pool
             else:
                 response.close()  # a stream the client left: this connection is done
+
+
+def _hardened(send: Send, *, ui: bool, https: bool) -> Send:
+    """Adds the security headers (services/http/headers.py) an answer does not carry."""
+    extra = security_headers(ui=ui, https=https)
+
+    async def hardened(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message["headers"] = add_missing(list(message.get("headers", [])), extra)
+        await send(message)
+
+    return hardened
 
 
 def _upstream_headers(scope: Scope) -> list[tuple[bytes, bytes]]:

@@ -35,6 +35,7 @@ CHATS_PER_USER = 12  # per minute
 PENDING_PER_USER = 3
 TOKEN_BUDGET = 100_000
 STREAMS_PER_IP = 4
+METRICS_TOKEN = "scrape-" + uuid.uuid4().hex
 LEGACY_PROJECTS_PER_IP = 2
 STREAM_SECONDS = 3
 _addresses = (f"198.51.100.{n}" for n in itertools.count(1))
@@ -55,6 +56,7 @@ def system(make_database: Callable[[], str], redis_url: str, redis_prefix: str,
                         RATE_LIMIT_CHAT_PER_USER=f"{CHATS_PER_USER}/minute",
                         RATE_LIMIT_SIGNUP_PER_IP=f"{SIGNUPS_PER_IP}/minute",
                         REPLY_SLOTS_ENABLED="true",
+                        METRICS_TOKEN=METRICS_TOKEN,
                         RATE_LIMIT_LEGACY_NEW_PROJECT_PER_IP=f"{LEGACY_PROJECTS_PER_IP}/hour",
                         MAX_STREAMS_PER_IP=str(STREAMS_PER_IP),
                         MAX_STREAM_SECONDS=str(STREAM_SECONDS),
@@ -439,3 +441,32 @@ def test_deleting_a_session_removes_its_live_relay(system: RunningSystem, redis_
         assert client.exists(live_key(settings, session), latest_key(settings, session)) == 0
     finally:
         client.close()
+
+
+def test_security_headers_on_the_ui_and_the_api(system: RunningSystem) -> None:
+    ui = httpx.get(f"{system.url}/", timeout=TIMEOUT)
+    assert ui.status_code == 200
+    csp = ui.headers["content-security-policy"]
+    assert "default-src 'self'" in csp and "frame-ancestors 'none'" in csp
+    assert ui.headers["referrer-policy"] == "no-referrer"
+    assert ui.headers["x-content-type-options"] == "nosniff"
+    assert "strict-transport-security" not in ui.headers  # plain HTTP here
+    user, ip = new_user(system.url)
+    api = httpx.get(f"{system.url}/api/v1/sessions", headers=headers(user, ip),
+                    timeout=TIMEOUT)
+    assert "default-src 'none'" in api.headers["content-security-policy"]
+    assert "frame-ancestors 'none'" in api.headers["content-security-policy"]
+    assert api.headers["referrer-policy"] == "no-referrer"
+    behind_https = httpx.get(f"{system.url}/", headers={"X-Forwarded-Proto": "https"},
+                             timeout=TIMEOUT)
+    assert behind_https.headers["strict-transport-security"].startswith("max-age=")
+
+
+def test_metrics_are_not_public_through_the_gateway(system: RunningSystem) -> None:
+    assert httpx.get(f"{system.url}/metrics", timeout=TIMEOUT).status_code == 404
+    wrong = httpx.get(f"{system.url}/metrics", headers={"Authorization": "Bearer nope"},
+                      timeout=TIMEOUT)
+    assert wrong.status_code == 404
+    scraped = httpx.get(f"{system.url}/metrics",
+                        headers={"Authorization": f"Bearer {METRICS_TOKEN}"}, timeout=TIMEOUT)
+    assert scraped.status_code == 200 and "gateway" in scraped.text
