@@ -11,7 +11,7 @@ import re
 
 # a segment that is `.` or `..` once %2E is read as a dot
 _DOT_SEGMENT = re.compile(rb"(^|/)(\.|%2e){1,2}(/|$)", re.IGNORECASE)
-_ENCODED = re.compile(rb"%(2f|5c|2e|00)", re.IGNORECASE)
+_ENCODED = re.compile(rb"%(2f|5c|2e)", re.IGNORECASE)
 
 
 def unsafe_path(raw_path: bytes) -> bool:
