@@ -52,12 +52,14 @@ SESSION_BUSY, USER_FULL, ALL_FULL, TAKEN = -1, -2, -3, 1
 TOKENS_TTL_SECONDS = 2 * 86_400
 
 
+# One hash tag for both sets: the script that takes a slot touches both, and on a Redis
+# Cluster they must share a slot.
 def user_key(settings: Settings, user_id: uuid.UUID | str) -> str:
-    return f"{settings.redis_prefix}replies:pending:{user_id}"
+    return f"{settings.redis_prefix}{{replies}}:pending:{user_id}"
 
 
 def global_key(settings: Settings) -> str:
-    return f"{settings.redis_prefix}replies:pending"
+    return f"{settings.redis_prefix}{{replies}}:pending"
 
 
 def member(session_id: uuid.UUID | str, message_id: uuid.UUID | str) -> str:
@@ -66,7 +68,7 @@ def member(session_id: uuid.UUID | str, message_id: uuid.UUID | str) -> str:
 
 def tokens_key(settings: Settings, user_id: uuid.UUID | str, day: dt.date | None = None) -> str:
     day = day or dt.datetime.now(dt.UTC).date()
-    return f"{settings.redis_prefix}tokens:{user_id}:{day.isoformat()}"
+    return f"{settings.redis_prefix}tokens:{{{user_id}}}:{day.isoformat()}"
 
 
 def seconds_to_utc_midnight() -> int:

@@ -18,8 +18,11 @@ def streams_key(settings: Settings, user_id: uuid.UUID | str) -> str:
     return f"{settings.redis_prefix}streams:{{{user_id}}}"
 
 
+# The per-user, per-IP and overall sets live in different Cluster slots: a lease's
+# pipeline is not a transaction (each set counts its own new member: racing acquires near a
+# cap may both be refused, never both admitted past it).
 def ip_streams_key(settings: Settings, ip: str) -> str:
-    return f"{settings.redis_prefix}streams-ip:{ip}"
+    return f"{settings.redis_prefix}streams-ip:{{{ip}}}"
 
 
 def all_streams_key(settings: Settings) -> str:
@@ -52,7 +55,7 @@ class StreamLease:
         seconds = 3 * settings.sse_heartbeat_seconds + 10
         token = secrets.token_hex(8)
         now = time.time()
-        async with client.pipeline(transaction=True) as pipe:
+        async with client.pipeline(transaction=False) as pipe:
             for key, _ in caps:
                 pipe.zremrangebyscore(key, "-inf", now)
                 pipe.zadd(key, {token: now + seconds})
@@ -73,7 +76,7 @@ class StreamLease:
         if time.monotonic() - self._renewed < self._seconds / 3:
             return
         self._renewed = time.monotonic()
-        async with self._client.pipeline(transaction=True) as pipe:
+        async with self._client.pipeline(transaction=False) as pipe:
             for key in self._keys:
                 pipe.zadd(key, {self._token: time.time() + self._seconds}, xx=True)
                 pipe.expire(key, int(self._seconds) + 1)
