@@ -143,6 +143,10 @@ def settings(database_url: str, redis_url: str, redis_prefix: str) -> Settings:
         redis_prefix=redis_prefix,
         log_json=False,
         worker_metrics_port=0,  # tests that want the worker's endpoint pick a free port
+        # the suite sends far more than a person would (and into sessions still being
+        # answered); tests/integration/test_abuse.py turns the limits on with its own numbers
+        rate_limit_enabled=False,
+        reply_slots_enabled=False,
     )
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import msgspec
 import structlog
 
+from services.core import reply_slots
 from services.core.events import AssistantReplyFailed, Event, MessagePosted, session_stream
 from services.core.eventstore import (
     ConcurrencyError,
@@ -29,6 +30,7 @@ from services.core.eventstore import (
     read_stream_sync,
     stream_info_sync,
 )
+from services.core.livewire import latest_key, live_key
 from services.core.metrics import observe_reply
 from services.core.wakeup import wake_followers_sync
 from workers.live_writer import LiveWriter, clear_stop, stop_requested
@@ -41,6 +43,8 @@ log = structlog.get_logger("assistant")
 
 APPEND_ATTEMPTS = 5  # the session stream moves on only when its owner writes: rarely
 SELECT_RECORDED_AT = "SELECT recorded_at FROM events WHERE position = %s"
+DELETED_RELAY_SECONDS = 30  # long enough for a listener to read the `error`
+SELECT_OWNER = "SELECT owner_id FROM event_streams WHERE stream_id = %s"
 
 
 class _Outcome(msgspec.Struct, kw_only=True):
@@ -65,7 +69,22 @@ def answer(
     reply whose worker dies is recorded as failed by another worker's sweep."""
     with reply_lease(runtime, session_id, message_id) as mine:
         if mine:
-            _answer(runtime, session_id, message_id, provider=provider)
+            try:
+                _answer(runtime, session_id, message_id, provider=provider)
+            finally:
+                give_back_slot(runtime, uuid.UUID(session_id), uuid.UUID(message_id))
+
+
+def give_back_slot(runtime: WorkerRuntime, sid: uuid.UUID, mid: uuid.UUID) -> None:
+    """The reply ended (or was not needed): the slot its post took is free
+    (services/core/reply_slots.py). Never raises: an unreturned slot expires."""
+    try:
+        with runtime.pool.connection() as conn:
+            row = conn.execute(SELECT_OWNER, (session_stream(sid),)).fetchone()
+        if row is not None and row[0] is not None:
+            reply_slots.give_back(runtime.redis, runtime.settings, row[0], sid, mid)
+    except Exception:
+        log.warning("reply_slot_not_given_back", exc_info=True)
 
 
 def record_interrupted(
@@ -81,6 +100,7 @@ def record_interrupted(
         s = runtime.settings
         _fail(runtime, writer, plan, (s.llm_provider, s.llm_model), code, detail,
               time.monotonic())
+        give_back_slot(runtime, sid, mid)
         return True
 
 
@@ -259,8 +279,14 @@ def _store(
         log.info("reply_not_stored", reason=result)
         if result == "deleted":
             _live(writer.error, "session_deleted", "the session was deleted")
+            # deleted while being written: what reached the relay goes soon, not in an hour
+            with contextlib.suppress(Exception):
+                for key in (live_key(runtime.settings, plan.session_id),
+                            latest_key(runtime.settings, plan.session_id)):
+                    runtime.redis.expire(key, DELETED_RELAY_SECONDS)
         return
     wake_followers_sync(runtime.wake_redis, runtime.settings)
+    _count_tokens(runtime, plan, out)
     writer.message(
         {
             "message_id": str(event.message_id),
@@ -281,6 +307,15 @@ def _store(
         latency_ms=out.latency_ms,
         chars=len(out.text),
     )
+
+
+def _count_tokens(runtime: WorkerRuntime, plan: Plan, out: _Outcome) -> None:
+    """The provider's reported usage, against the owner's daily budget."""
+    tokens = (out.prompt_tokens or 0) + (out.completion_tokens or 0)
+    try:
+        reply_slots.count_tokens(runtime.redis, runtime.settings, plan.owner_id, tokens)
+    except Exception:
+        log.warning("tokens_not_counted", tokens=tokens, exc_info=True)
 
 
 def _live(write: Any, code: str, detail: str) -> None:

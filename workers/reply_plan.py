@@ -63,7 +63,8 @@ def read_plan(runtime: WorkerRuntime, sid: uuid.UUID, mid: uuid.UUID) -> Plan | 
         turn_id=question.event.turn_id,
         owner_id=info.owner_id or question.event.user_id,
         version=info.version,
-        context=context(events, question.version, runtime.settings.llm_context_messages),
+        context=context(events, question.version, runtime.settings.llm_context_messages,
+                        runtime.settings.llm_context_tokens),
         event_metadata=event_metadata(question, mid, info.owner_id or question.event.user_id),
     )
 
@@ -78,9 +79,18 @@ def answered(events: Sequence[RecordedEvent], mid: uuid.UUID) -> bool:
     return False
 
 
-def context(events: Sequence[RecordedEvent], upto: int, limit: int) -> list[ChatMessage]:
+def estimated_tokens(message: ChatMessage) -> int:
+    """An upper-leaning estimate without a tokenizer: English averages ~4 bytes a token
+    (UTF-8 bytes, so other scripts count more), plus a few tokens of framing per message."""
+    return len(message["content"].encode()) // 3 + 4
+
+
+def context(events: Sequence[RecordedEvent], upto: int, limit: int,
+            token_budget: int = 0) -> list[ChatMessage]:
     """The conversation up to the question (later messages are not its context), last
-    `limit` messages, after a system prompt. Purged (redacted) messages are left out."""
+    `limit` messages, after a system prompt, then the oldest dropped until the estimate
+    fits `token_budget` (0 = no budget; the question itself is always kept). Purged
+    (redacted) messages are left out."""
     history: list[ChatMessage] = []
     for recorded in events:
         e = recorded.event
@@ -89,7 +99,12 @@ def context(events: Sequence[RecordedEvent], upto: int, limit: int) -> list[Chat
         if isinstance(e, MessagePosted) and not e.redacted and e.content:
             history.append({"role": e.role, "content": e.content})
     recent = history[-limit:] if limit > 0 else history
-    return [{"role": "system", "content": SYSTEM_PROMPT}, *recent]
+    system: ChatMessage = {"role": "system", "content": SYSTEM_PROMPT}
+    if token_budget > 0:
+        spent = estimated_tokens(system) + sum(estimated_tokens(m) for m in recent)
+        while len(recent) > 1 and spent > token_budget:
+            spent -= estimated_tokens(recent.pop(0))
+    return [system, *recent]
 
 
 def event_metadata(question: RecordedEvent, mid: uuid.UUID, owner_id: uuid.UUID) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from services.command.store import (
     in_transaction,
     owned_version,
 )
+from services.core import reply_slots
 from services.core.events import (
     MessagePosted,
     ProjectCreated,
@@ -116,24 +117,97 @@ async def post_chat(
     settings: Settings,
     caller: Caller,
     body: PostChat,
+    redis: aioredis.Redis | None = None,
 ) -> ChatAccepted:
     """`caller` may be unverified (auth.Caller.verified): its user is then checked in the
     transaction, by the statement that reads the target stream, and an unknown user answers
-    401 before anything else about the request, as when the check was its own."""
+    401 before anything else about the request, as when the check was its own.
+
+    With `redis` (and settings.reply_slots_enabled) the post is admitted first
+    (services/core/reply_slots.py): the daily token budget, then a reply slot taken in the
+    append's transaction, while the session's row is locked."""
     try:
         text = clean_text(body.text, settings.max_message_chars)
     except Exception:
         await verified(pool, caller)  # 401 comes first
         raise
+    admission = Admission(redis, settings, caller.user_id) if (
+        redis is not None and settings.reply_slots_enabled) else None
+    if admission is not None:
+        await admission.check_budget()
 
     async def work(conn: psycopg.AsyncConnection[Any]) -> ChatAccepted:
         if body.session_id is None:
-            return await _start_session(conn, caller, body.project_id, text)
-        return await _continue_session(conn, caller, body.session_id, text)
+            accepted = await _start_session(conn, caller, body.project_id, text)
+        else:
+            accepted = await _continue_session(conn, caller, body.session_id, text)
+        if admission is not None:
+            await admission.take(accepted)
+        return accepted
 
-    accepted = await in_transaction(pool, work)
+    try:
+        accepted = await in_transaction(pool, work)
+    except BaseException:
+        if admission is not None:
+            await admission.give_back_all_but(None)
+        raise
+    if admission is not None:
+        await admission.give_back_all_but(accepted)
     await announce(wake, accepted)
     return accepted
+
+
+class Admission:
+    """A post's admission (services/core/reply_slots.py). Redis not answering admits: the
+    limits are a defence, the post is what matters."""
+
+    def __init__(self, redis: aioredis.Redis, settings: Settings, user_id: uuid.UUID) -> None:
+        self.redis, self.settings, self.user_id = redis, settings, user_id
+        self.taken: list[ChatAccepted] = []  # one per transaction attempt
+
+    async def check_budget(self) -> None:
+        budget = self.settings.daily_token_budget
+        if budget <= 0:
+            return
+        try:
+            spent = await reply_slots.tokens_today(self.redis, self.settings, self.user_id)
+        except (aioredis.RedisError, OSError):
+            log.warning("admission_unavailable", exc_info=True)
+            return
+        if spent >= budget:
+            raise ApiError("token_budget_spent",
+                           f"today's budget of {budget} tokens is spent ({spent})",
+                           retry_after=reply_slots.seconds_to_utc_midnight())
+
+    async def take(self, accepted: ChatAccepted) -> None:
+        s = self.settings
+        try:
+            result = await reply_slots.take_slot(self.redis, s, self.user_id,
+                                                 accepted.session_id, accepted.message_id)
+        except (aioredis.RedisError, OSError):
+            log.warning("admission_unavailable", exc_info=True)
+            return
+        if result == reply_slots.SESSION_BUSY:
+            raise ApiError("reply_in_progress", "the session's last message is still being "
+                           "answered", retry_after=2)
+        if result == reply_slots.USER_FULL:
+            raise ApiError("too_many_pending_replies", f"at most "
+                           f"{s.max_pending_replies_per_user} replies pending per user",
+                           retry_after=5)
+        if result == reply_slots.ALL_FULL:
+            raise ApiError("assistant_busy", "the assistant has too much to answer; retry",
+                           retry_after=10)
+        self.taken.append(accepted)
+
+    async def give_back_all_but(self, kept: ChatAccepted | None) -> None:
+        for accepted in self.taken:
+            if accepted is kept:
+                continue
+            try:
+                await reply_slots.give_back_async(self.redis, self.settings, self.user_id,
+                                                  accepted.session_id, accepted.message_id)
+            except (aioredis.RedisError, OSError):
+                log.warning("admission_unavailable", exc_info=True)
 
 
 async def announce(wake: Wake, accepted: ChatAccepted) -> None:
@@ -150,7 +224,8 @@ async def announce(wake: Wake, accepted: ChatAccepted) -> None:
 
 
 def reply_events(
-    redis: aioredis.Redis, settings: Settings, accepted: ChatAccepted, lease: StreamLease
+    redis: aioredis.Redis, settings: Settings, accepted: ChatAccepted, lease: StreamLease,
+    headers: dict[str, str] | None = None,
 ) -> ServerSentEvent:
     """The streamed answer: a `session` event with what was stored, then the reply relayed
     from the session's live stream (delta..., message, done) by the code the query service's
@@ -161,7 +236,7 @@ def reply_events(
     return sse_response(sse_stream(
         redis, settings, accepted.session_id, reply_to=accepted.message_id,
         start_timeout=settings.reply_start_timeout_seconds, prelude=[session], lease=lease,
-    ))
+    ), headers)
 
 
 def message_posted(caller: Caller, session_id: uuid.UUID, text: str) -> MessagePosted:

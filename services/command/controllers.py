@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import structlog
 from litestar import Controller, Request, Response, delete, post, put
 from litestar.datastructures import State
 from litestar.di import NamedDependency
@@ -12,15 +13,20 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, JSONBody
 from litestar.status_codes import HTTP_202_ACCEPTED
 from psycopg_pool import AsyncConnectionPool
+from redis.exceptions import RedisError
 
 from services.command import chat, legacy, sessions, users
-from services.command.auth import Caller, verified
+from services.command.auth import Caller, authenticate, verified
 from services.core.settings import Settings
 from services.core.wakeup import Wake
+from services.http.auth import USER_HEADER
 from services.http.context import RequestIds
 from services.http.errors import ApiError, error_responses
-from services.http.sse import SseEvent, live_redis
-from services.http.stream_leases import StreamLease
+from services.http.ratelimit import hit_or_refuse, scope_ip
+from services.http.sse import SseEvent, forget_session, live_redis
+from services.http.stream_leases import StreamLease, too_many_streams
+
+log = structlog.get_logger("command")
 
 EVENT_STREAM = "text/event-stream"
 JSON = "application/json"
@@ -75,19 +81,20 @@ class ChatController(Controller):
         pool: AsyncConnectionPool[Any] = state.pool
         wake: Wake = state.wake
         settings: Settings = state.settings
+        redis = live_redis(state, settings)
         if request.accept.best_match([EVENT_STREAM, JSON], default=EVENT_STREAM) == JSON:
-            # the user is checked inside post_chat's transaction
-            accepted = await chat.post_chat(pool, wake, settings, claimed_caller, data)
+            # the user is checked inside post_chat's transaction; the reply slot it takes
+            # (services/core/reply_slots.py) bounds this form as the stream slot bounds the other
+            accepted = await chat.post_chat(pool, wake, settings, claimed_caller, data, redis)
             return Response(accepted, status_code=HTTP_202_ACCEPTED)
         # Streamed: the user is checked before a stream slot is taken, as for any caller.
         caller = await verified(pool, claimed_caller)
-        redis = live_redis(state, settings)
-        lease = await StreamLease.acquire(redis, settings, caller.user_id)
+        lease = await StreamLease.acquire(redis, settings, caller.user_id,
+                                          scope_ip(request.scope, settings.trusted_proxies))
         if lease is None:
-            raise ApiError("too_many_streams",
-                           f"at most {settings.max_streams_per_user} open streams per user")
+            raise too_many_streams(settings)
         try:
-            accepted = await chat.post_chat(pool, wake, settings, caller, data)
+            accepted = await chat.post_chat(pool, wake, settings, caller, data, redis)
         except BaseException:
             await lease.release()
             raise
@@ -120,9 +127,22 @@ class SessionController(Controller):
         pool: NamedDependency[AsyncConnectionPool[Any]],
         wake: NamedDependency[Wake],
         caller: NamedDependency[Caller],
+        settings: NamedDependency[Settings],
+        state: State,
     ) -> None:
-        """Deletes a session and erases what was written in it from the event store."""
+        """Deletes a session and erases what was written in it from the event store (and
+        its live relay from Redis)."""
         await sessions.delete_session(pool, wake, caller, session_id)
+        try:
+            await forget_session(live_redis(state, settings), settings, session_id)
+        except (RedisError, OSError):  # stored already; the relay expires by itself
+            log.warning("live_relay_not_removed", session_id=str(session_id), exc_info=True)
+
+
+def legacy_headers(settings: Settings) -> dict[str, str]:
+    """RFC 9745 Deprecation, RFC 8594 Sunset, and where to go instead."""
+    return {"Deprecation": "true", "Sunset": settings.legacy_chat_sunset,
+            "Link": '</api/v1/chat>; rel="successor-version"'}
 
 
 class LegacyChatController(Controller):
@@ -140,11 +160,12 @@ class LegacyChatController(Controller):
                 SseEvent, media_type="text/event-stream", generate_examples=False,
                 description="Server-sent events: `session`, `delta`..., `message`, `done`.",
             ),
-            **error_responses(400, 404, 413, 429, 503),
+            **error_responses(400, 401, 404, 410, 413, 429, 503),
         },
     )
     async def legacy_chat(
         self,
+        request: Request[Any, Any, Any],
         data: JSONBody[legacy.LegacyChat],
         pool: NamedDependency[AsyncConnectionPool[Any]],
         wake: NamedDependency[Wake],
@@ -153,17 +174,28 @@ class LegacyChatController(Controller):
         state: State,
     ) -> Response[Any]:
         """Posts to the project's legacy conversation (a new project when none is given) and
-        streams the reply. No user header: the project's owner is the author."""
+        streams the reply. Deprecated (see the Deprecation and Sunset headers): without
+        credentials only into projects still owned by their legacy owner; with them, only
+        into the caller's own or linked projects (services/command/legacy.py)."""
+        if not settings.legacy_chat_enabled:
+            raise ApiError("legacy_chat_disabled", "POST /chat is switched off; use "
+                           "POST /api/v1/chat")
+        claimed = request.headers.get(USER_HEADER)
+        caller = None if claimed is None else await authenticate(pool, claimed)
+        ip = scope_ip(request.scope, settings.trusted_proxies)
+        if data.project_id is None:
+            await hit_or_refuse(settings, settings.rate_limit_legacy_new_project_per_ip,
+                                "legacy-new-project-ip", ip)
         redis = live_redis(state, settings)
-        # no user here: the cap on open streams is per project
-        lease = await StreamLease.acquire(redis, settings, data.project_id or uuid.uuid4())
+        # the cap on open streams is per project (and per IP)
+        lease = await StreamLease.acquire(redis, settings, data.project_id or uuid.uuid4(), ip)
         if lease is None:
-            raise ApiError("too_many_streams",
-                           f"at most {settings.max_streams_per_user} open streams")
+            raise too_many_streams(settings)
         try:
-            accepted = await legacy.post_legacy_chat(pool, settings, request_ids, data)
+            accepted = await legacy.post_legacy_chat(pool, settings, request_ids, data, caller)
             await chat.announce(wake, accepted)
         except BaseException:
             await lease.release()
             raise
-        return chat.reply_events(redis, settings, accepted, lease)
+        return chat.reply_events(redis, settings, accepted, lease,
+                                 legacy_headers(settings))

@@ -13,6 +13,15 @@ deterministic ids, so legacy posts and imported turns land in one place:
   that one project), then as above;
 - anything else: 404.
 
+Who may post where (issue 15: a project id used to be a capability for anyone):
+- without credentials, only into a project still owned by its legacy owner (the account
+  made for it, uuid5(owner:<project>)) and linked to no other user; a project created
+  through the new API, or whose legacy conversation belongs to a real user, is 404;
+- with credentials (X-User-ID, or the token's user), only into a project the caller owns
+  or is linked to (ProjectLinked on the caller's stream); anything else is 404.
+New projects (no project_id) are limited per client IP (RATE_LIMIT_LEGACY_NEW_PROJECT_PER_IP,
+services/command/controllers.py). LEGACY_CHAT_ENABLED=false turns the route off (410).
+
 Every user message still becomes a legacy `turns` row (the projector writes one per user
 message, and fills in the assistant's text when the reply is stored).
 """
@@ -38,6 +47,18 @@ from services.http.context import RequestIds
 from services.http.errors import ApiError
 
 LEGACY_DOSSIER_EXISTS = "SELECT title FROM dossier WHERE project_id = %s"
+# Is the project linked to a user other than `owner` (events_project_linked_idx, 0036)?
+LINKED_TO_ANOTHER = """
+SELECT EXISTS (SELECT 1 FROM events
+                WHERE type = 'ProjectLinked' AND data->>'project_id' = %(project)s
+                  AND data->>'user_id' <> %(owner)s)
+"""
+# Is the project linked to this user (on the user's own stream)?
+LINKED_TO_CALLER = """
+SELECT EXISTS (SELECT 1 FROM events
+                WHERE stream_id = %(user_stream)s AND type = 'ProjectLinked'
+                  AND data->>'project_id' = %(project)s)
+"""
 
 
 class LegacyChat(msgspec.Struct, frozen=True, kw_only=True):
@@ -49,8 +70,10 @@ class LegacyChat(msgspec.Struct, frozen=True, kw_only=True):
 
 
 async def post_legacy_chat(
-    pool: AsyncConnectionPool[Any], settings: Settings, ids: RequestIds, body: LegacyChat
+    pool: AsyncConnectionPool[Any], settings: Settings, ids: RequestIds, body: LegacyChat,
+    caller: uuid.UUID | None = None,
 ) -> ChatAccepted:
+    """`caller`: the verified user when the request carried credentials, else None."""
     text = clean_text(body.text, settings.max_message_chars)
     project = body.project_id
     if project is not None:
@@ -59,7 +82,7 @@ async def post_legacy_chat(
     async def work(conn: psycopg.AsyncConnection[Any]) -> ChatAccepted:
         if project is None:
             return await _new_project(conn, ids, text)
-        return await _post_to_project(conn, ids, project, text)
+        return await _post_to_project(conn, ids, project, text, caller)
 
     return await in_transaction(pool, work)
 
@@ -103,8 +126,30 @@ async def _new_project(
     return await _start(conn, caller, project, text, [registered, created])
 
 
+async def _may_post(conn: psycopg.AsyncConnection[Any], project: uuid.UUID,
+                    owner: uuid.UUID, caller: uuid.UUID | None) -> None:
+    """404 unless this caller (None: anonymous) may post into the project (module doc)."""
+    if caller is None:
+        allowed = owner == legacy_import.owner_id(project)
+        if allowed:
+            cur = await conn.execute(LINKED_TO_ANOTHER, {"project": str(project),
+                                                         "owner": str(owner)})
+            row = await cur.fetchone()
+            allowed = not (row and row[0])
+    else:
+        allowed = owner == caller
+        if not allowed:
+            cur = await conn.execute(LINKED_TO_CALLER, {"user_stream": ev.user_stream(caller),
+                                                        "project": str(project)})
+            row = await cur.fetchone()
+            allowed = bool(row and row[0])
+    if not allowed:
+        raise ApiError("project_not_found", "project not found")
+
+
 async def _post_to_project(
-    conn: psycopg.AsyncConnection[Any], ids: RequestIds, project: uuid.UUID, text: str
+    conn: psycopg.AsyncConnection[Any], ids: RequestIds, project: uuid.UUID, text: str,
+    caller: uuid.UUID | None,
 ) -> ChatAccepted:
     session = legacy_import.session_id(project)
     stream = ev.session_stream(session)
@@ -112,6 +157,7 @@ async def _post_to_project(
     if info is not None:
         if info.deleted or info.owner_id is None:
             raise ApiError("project_not_found", "project not found")
+        await _may_post(conn, project, info.owner_id, caller)
         message = message_posted(Caller(info.owner_id, ids), session, text)
         positions = await append(
             conn, [StreamAppend(stream_id=stream, expected_version=info.version,
@@ -121,6 +167,7 @@ async def _post_to_project(
     project_info = await stream_info(conn, ev.project_stream(project))
     if project_info is None or project_info.owner_id is None:
         raise ApiError("project_not_found", "project not found")
+    await _may_post(conn, project, project_info.owner_id, caller)
     return await _start(conn, Caller(project_info.owner_id, ids), project, text, [])
 
 

@@ -30,6 +30,32 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_message_chars: int = 32_000
     max_body_bytes: int = 256 * 1024
     max_streams_per_user: int = 8
+    max_streams_per_ip: int = 32  # 0 = no cap
+    max_streams: int = 2_000  # live streams in all, every instance (0 = no cap)
+    # A live stream ends after this long; the client resumes with Last-Event-ID.
+    max_stream_seconds: float = 600.0
+    # Rate limits (services/http/ratelimit.py), counted in Redis across every instance:
+    # `limits` strings ("N/second", "N/minute", ... joined by ";"), empty = that one off.
+    rate_limit_enabled: bool = True
+    rate_limit_per_ip: str = "50/second;1500/minute"
+    rate_limit_per_user: str = "20/second;600/minute"
+    rate_limit_chat_per_user: str = "2/second;30/minute"
+    rate_limit_signup_per_ip: str = "5/minute;30/hour"
+    rate_limit_legacy_per_ip: str = "1/second;30/minute"
+    # Admission of chats (services/core/reply_slots.py): one reply in flight per session, at
+    # most this many pending per user and in all, a daily token budget per user (0 = none).
+    reply_slots_enabled: bool = True
+    max_pending_replies_per_user: int = 3
+    max_pending_replies: int = 200
+    reply_slot_seconds: float = 300.0  # a slot no worker gave back frees itself then
+    daily_token_budget: int = 200_000
+    # The legacy POST /chat (services/command/legacy.py): on or off, its announced end, and
+    # how many new (anonymous) projects one client IP may create through it.
+    legacy_chat_enabled: bool = True
+    legacy_chat_sunset: str = "Wed, 30 Jun 2027 00:00:00 GMT"
+    rate_limit_legacy_new_project_per_ip: str = "5/hour"
+    # Peers whose X-Forwarded-For is believed (the gateway, nginx): IPs or CIDRs, by ",".
+    trusted_proxies: str = "127.0.0.1,::1"
     # Signed-token mode (services/http/auth.py): both services verify
     # `Authorization: Bearer <JWT HS256>` with this key and take the caller from its `sub`
     # (empty = off); with gateway_secret set they also refuse requests the Python gateway
@@ -72,6 +98,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     llm_api_key: str = ""
     llm_timeout_seconds: float = 60.0
     llm_context_messages: int = 40
+    # Every provider call asks for at most llm_max_tokens; the context sent is trimmed
+    # (oldest first) to llm_context_tokens, estimated (workers/reply_plan.py).
+    llm_max_tokens: int = 1024
+    llm_context_tokens: int = 12_000
     # The offline provider's pause per delta (tests slow it down to act mid-reply).
     llm_offline_delay_seconds: float = 0.03
     # The reply lease (workers/reply_lease.py): a reply being written holds a lease renewed
@@ -84,6 +114,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     reply_recovery_window_seconds: float = 600.0
     log_level: str = "INFO"
     log_json: bool = True
+    # With a token, the gateway's /metrics answers only `Authorization: Bearer <token>` (404
+    # otherwise): not public through the gateway. The services' and the worker's own
+    # /metrics are on ports that are not published.
+    metrics_token: str = ""
     # The worker process's Prometheus endpoint (http://HOST:port/metrics); 0 turns it off.
     worker_metrics_port: int = 9100
 

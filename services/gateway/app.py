@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import mimetypes
+import time
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
@@ -41,7 +43,9 @@ from services.core.settings import Settings
 from services.gateway.openapi import merge_openapi
 from services.gateway.routes import RouteTable, allow_header, service_routes
 from services.http.auth import sign_upstream
+from services.http.headers import add_missing, security_headers, served_over_https
 from services.http.metrics import METRICS_PATH, exposition, timed_send
+from services.http.paths import unsafe_path
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -68,6 +72,11 @@ READY_TIMEOUT_SECONDS = 2.0
 OWN_ROUTES = (("/healthz", ["GET"]), ("/readyz", ["GET"]), (METRICS_PATH, ["GET"]),
               (OPENAPI_PATH, ["GET"]), ("/", ["GET", "HEAD"]))
 UI_METHODS = frozenset({"GET", "HEAD"})
+# /readyz answers from a result at most this old: probes cannot make the gateway open a
+# database connection each (one check runs at a time; the others wait for it).
+READY_CACHE_SECONDS = 1.0
+UPSTREAM_CONNECT_SECONDS = 10.0  # a new connection to a service
+UPSTREAM_POOL_TIMEOUT_SECONDS = 5.0  # waiting for one of the pool's connections
 
 
 def upstream_for(method: str, settings: Settings) -> str:
@@ -81,6 +90,9 @@ class Gateway:
         self.routes = RouteTable([*service_routes(settings).paths(), *OWN_ROUTES])
         self.client: aiohttp.ClientSession | None = None
         self.redis: aioredis.Redis | None = None
+        self._ready_lock = asyncio.Lock()
+        self._ready_at = -READY_CACHE_SECONDS
+        self._ready_answer: tuple[int, dict[str, Any]] = (503, {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -90,8 +102,14 @@ class Gateway:
             return  # no websockets here: the live stream is SSE
         path, method = scope["path"], scope["method"]
         send = timed_send(send, "gateway", method, _metrics_route(path, method))
+        send = _hardened(send, ui=method in READ_METHODS and (path == "/" or path.startswith(
+            UI_PREFIX)), https=served_over_https(scope))
         allowed = UI_METHODS if path.startswith(UI_PREFIX) else self.routes.allowed(path)
-        if allowed is not None and method not in allowed:
+        if unsafe_path(scope.get("raw_path") or path.encode()):
+            # before any route or exemption reads it (services/http/paths.py)
+            await _json(send, 400, {"error": "invalid_path",
+                                    "detail": "dot segments and encoded slashes are refused"})
+        elif allowed is not None and method not in allowed:
             await _json(send, 405, {"error": "method_not_allowed",
                                     "detail": f"{path} answers {allow_header(allowed)} only"},
                         headers=[(b"allow", allow_header(allowed).encode())])
@@ -100,7 +118,10 @@ class Gateway:
         elif path == "/readyz":
             await self._ready(send)
         elif method in READ_METHODS and path == METRICS_PATH:
-            await _metrics(scope, send)
+            if self._may_scrape(scope):
+                await _metrics(scope, send)
+            else:  # not public: as if there were nothing here
+                await _json(send, 404, {"error": "not_found", "detail": "no such file"})
         elif method in READ_METHODS and path == OPENAPI_PATH:
             await self._openapi(send)
         elif method in READ_METHODS and (path == "/" or path.startswith(UI_PREFIX)):
@@ -108,14 +129,28 @@ class Gateway:
         else:
             await self._proxy(scope, receive, send)
 
+    def _may_scrape(self, scope: Scope) -> bool:
+        """/metrics needs `Authorization: Bearer <METRICS_TOKEN>` when the token is set."""
+        token = self.settings.metrics_token
+        if not token:
+            return True
+        given = next((v for k, v in scope["headers"] if k.lower() == b"authorization"), b"")
+        return hmac.compare_digest(given, f"Bearer {token}".encode())
+
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                # Every hop is bounded: a live stream sends at least a heartbeat per
+                # SSE_HEARTBEAT_SECONDS, so a read that waits three of them is a dead
+                # upstream; `connect` covers the wait for a pooled connection too.
+                read = 3 * self.settings.sse_heartbeat_seconds + 15
                 self.client = aiohttp.ClientSession(
                     connector=aiohttp.TCPConnector(limit=1000, limit_per_host=0),
-                    # SSE responses stay open: no read timeout, only a connect bound
-                    timeout=aiohttp.ClientTimeout(total=None, sock_connect=30.0),
+                    timeout=aiohttp.ClientTimeout(
+                        total=None, sock_connect=UPSTREAM_CONNECT_SECONDS,
+                        connect=UPSTREAM_CONNECT_SECONDS + UPSTREAM_POOL_TIMEOUT_SECONDS,
+                        sock_read=read),
                     auto_decompress=False,
                     skip_auto_headers=NO_AUTO_HEADERS,
                 )
@@ -133,7 +168,16 @@ class Gateway:
 
     async def _ready(self, send: Send) -> None:
         """Ready when both services say so and the database and Redis answer: the checks run
-        at once, each bounded, so a dead dependency costs two seconds, not a hung probe."""
+        at once, each bounded, so a dead dependency costs two seconds, not a hung probe.
+        The result is kept READY_CACHE_SECONDS."""
+        async with self._ready_lock:
+            if time.monotonic() - self._ready_at >= READY_CACHE_SECONDS:
+                self._ready_answer = await self._check_ready()
+                self._ready_at = time.monotonic()
+        status, payload = self._ready_answer
+        await _json(send, status, payload)
+
+    async def _check_ready(self) -> tuple[int, dict[str, Any]]:
         names = ("command", "query", "database", "redis")
         results = await asyncio.gather(
             self._service_ready(self.settings.command_url),
@@ -143,11 +187,10 @@ class Gateway:
         )
         checks = dict(zip(names, results, strict=True))
         if all(results):
-            await _json(send, 200, {"status": "ready", "checks": checks})
-            return
+            return 200, {"status": "ready", "checks": checks}
         failing = ", ".join(name for name, ok in checks.items() if not ok)
-        await _json(send, 503, {"error": "not_ready", "detail": f"not answering: {failing}",
-                                "checks": checks})
+        return 503, {"error": "not_ready", "detail": f"not answering: {failing}",
+                     "checks": checks}
 
     async def _service_ready(self, base: str) -> bool:
         assert self.client is not None
@@ -273,6 +316,18 @@ class Gateway:
                 response.release()  # the connection goes back to the pool
             else:
                 response.close()  # a stream the client left: this connection is done
+
+
+def _hardened(send: Send, *, ui: bool, https: bool) -> Send:
+    """Adds the security headers (services/http/headers.py) an answer does not carry."""
+    extra = security_headers(ui=ui, https=https)
+
+    async def hardened(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message["headers"] = add_missing(list(message.get("headers", [])), extra)
+        await send(message)
+
+    return hardened
 
 
 def _upstream_headers(scope: Scope) -> list[tuple[bytes, bytes]]:

@@ -35,6 +35,7 @@ from litestar.types import ASGIApp, HTTPScope, Receive, Scope, Send
 
 from services.core.settings import Settings
 from services.http.errors import ApiError, error_body
+from services.http.paths import unsafe_path
 
 USER_HEADER = "X-User-ID"
 PROOF_HEADER = "x-gateway-proof"
@@ -126,7 +127,8 @@ def user_from_token(secret: str, authorization: str | None) -> str:
 
 
 class CallerCheckMiddleware(ASGIMiddleware):
-    """Before any handler: the header cap, then the gateway proof (over the headers as
+    """Before any handler: the header cap, the path's shape (services/http/paths.py), then
+    the gateway proof (over the headers as
     received), then the token (whose `sub` then replaces X-User-ID in the scope: nothing may
     have read the headers through Litestar's cache before this runs)."""
 
@@ -142,6 +144,10 @@ class CallerCheckMiddleware(ASGIMiddleware):
         if sum(len(k) + len(v) for k, v in headers) > self.max_header_bytes:
             await _refuse(send, ApiError("headers_too_large",
                                          "the request headers are over the limit"))
+            return
+        if unsafe_path(scope.get("raw_path") or scope["path"].encode()):
+            await _refuse(send, ApiError("invalid_path", "dot segments and encoded slashes "
+                                                         "are refused"))
             return
         path = scope["path"]
         if path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES):

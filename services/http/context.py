@@ -16,6 +16,8 @@ from litestar.enums import ScopeType
 from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
+from services.http.headers import add_missing, security_headers, served_over_https
+
 REQUEST_ID_HEADER = "x-request-id"
 CORRELATION_ID_HEADER = "x-correlation-id"
 # scope["state"] key of the request's RequestIds.
@@ -66,7 +68,8 @@ def request_ids(request: Request[Any, Any, Any]) -> RequestIds:
 
 class RequestContextMiddleware(ASGIMiddleware):
     """Binds request_id and correlation_id to the request's log lines (and nothing of an
-    earlier request's), echoes X-Request-ID, and logs one `http_request` line when the
+    earlier request's), echoes X-Request-ID, adds the security headers
+    (services/http/headers.py), and logs one `http_request` line when the
     request ends. Streams (SSE) pass through unbuffered: only `send` is observed."""
 
     scopes = (ScopeType.HTTP,)
@@ -76,6 +79,7 @@ class RequestContextMiddleware(ASGIMiddleware):
         scope.setdefault("state", {})[REQUEST_IDS_KEY] = ids  # type: ignore[typeddict-item]
         status = 500
         started = time.perf_counter()
+        hardening = security_headers(ui=False, https=served_over_https(scope))  # type: ignore[arg-type]
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
@@ -83,6 +87,7 @@ class RequestContextMiddleware(ASGIMiddleware):
                 status = message["status"]
                 message.setdefault("headers", [])
                 MutableScopeHeaders.from_message(message)[REQUEST_ID_HEADER] = ids.request_id
+                message["headers"] = add_missing(list(message["headers"]), hardening)
             await send(message)
 
         structlog.contextvars.clear_contextvars()

@@ -39,6 +39,8 @@ ERRORS: dict[str, ErrorCode] = {
                                       "or of the wrong type."),
     "invalid_parameter": ErrorCode(400, "A query, path or header parameter is malformed or "
                                         "out of range."),
+    "invalid_path": ErrorCode(400, "The path has dot segments or encoded slashes, "
+                                   "backslashes or dots."),
     "invalid_user_id": ErrorCode(400, "X-User-ID is not a UUID."),
     "invalid_session_id": ErrorCode(400, "The session id in the path is not a UUID."),
     "invalid_cursor": ErrorCode(400, "`before` is not a cursor this API returned."),
@@ -67,19 +69,31 @@ ERRORS: dict[str, ErrorCode] = {
     "project_not_found": ErrorCode(404, "No such project for this user."),
     "message_not_found": ErrorCode(404, "`after`/`before` names a message not in this "
                                         "session."),
+    "legacy_chat_disabled": ErrorCode(410, "LEGACY_CHAT_ENABLED is false: use POST "
+                                           "/api/v1/chat."),
     "method_not_allowed": ErrorCode(405, "The path exists, not with this method (see Allow)."),
     # 409: the state changed under the request.
     "email_taken": ErrorCode(409, "That e-mail address is already registered."),
     "concurrent_update": ErrorCode(409, "The session changed too often while writing; retry."),
+    "reply_in_progress": ErrorCode(409, "The session's last message is still being answered: "
+                                        "post after its reply (Retry-After)."),
     # 413 / 429 / 431: limits.
     "body_too_large": ErrorCode(413, "The body is over MAX_BODY_BYTES."),
     "message_too_long": ErrorCode(413, "The message is over MAX_MESSAGE_CHARS characters."),
     "too_many_streams": ErrorCode(429, "The caller already holds MAX_STREAMS_PER_USER live "
                                        "streams."),
+    "rate_limited": ErrorCode(429, "Over a rate limit (per IP, per user, chats per user, "
+                                   "sign-ups per IP); retry after Retry-After seconds."),
+    "too_many_pending_replies": ErrorCode(429, "The caller already waits on "
+                                               "MAX_PENDING_REPLIES_PER_USER replies."),
+    "token_budget_spent": ErrorCode(429, "The caller's DAILY_TOKEN_BUDGET is spent until UTC "
+                                         "midnight (Retry-After)."),
     "headers_too_large": ErrorCode(431, "The request headers are over MAX_HEADER_BYTES."),
     # 5xx: ours; retry later. The log line with the same request id says more.
     "internal_error": ErrorCode(500, "An unexpected error."),
     "database_unavailable": ErrorCode(503, "PostgreSQL is not answering; retry."),
+    "assistant_busy": ErrorCode(503, "MAX_PENDING_REPLIES replies are pending in all; retry "
+                                     "after Retry-After."),
     "redis_unavailable": ErrorCode(503, "Redis (live replies, stream leases) is not "
                                         "answering; retry."),
     "upstream_unavailable": ErrorCode(503, "Gateway: the service behind this route is not "
@@ -105,12 +119,14 @@ class ErrorBody(msgspec.Struct, frozen=True, kw_only=True):
 class ApiError(Exception):
     """A refusal the client can act on; the code's status comes from ERRORS."""
 
-    def __init__(self, code: str, detail: str, extra: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, code: str, detail: str, extra: Mapping[str, Any] | None = None,
+                 retry_after: int | None = None) -> None:
         super().__init__(detail)
         self.status_code = ERRORS[code].status
         self.code = code
         self.detail = detail
         self.extra = dict(extra or {})
+        self.retry_after = retry_after  # seconds, sent as Retry-After
 
 
 def error_body(code: str, detail: str, **extra: Any) -> dict[str, Any]:
@@ -143,7 +159,8 @@ def _response(status: int, code: str, detail: str, extra: Mapping[str, Any] | No
 
 
 def api_error(_: Request[Any, Any, Any], exc: ApiError) -> Response[dict[str, Any]]:
-    return _response(exc.status_code, exc.code, exc.detail, exc.extra)
+    headers = None if exc.retry_after is None else {"Retry-After": str(exc.retry_after)}
+    return _response(exc.status_code, exc.code, exc.detail, exc.extra, headers)
 
 
 def invalid_body(_: Request[Any, Any, Any], exc: BodyError) -> Response[dict[str, Any]]:

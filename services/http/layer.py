@@ -10,15 +10,16 @@ from services.http.body import ApiRequest
 from services.http.context import RequestContextMiddleware
 from services.http.errors import EXCEPTION_HANDLERS, error_table_markdown
 from services.http.metrics import MetricsMiddleware
+from services.http.ratelimit import RateLimitMiddleware
 
 
 def http_layer(service: str, settings: Settings) -> dict[str, Any]:
     """Litestar(...) keyword arguments: middleware (outermost first: metrics, request ids,
-    caller checks), the error handlers, the request class that explains bad bodies, and the
-    body size limit."""
+    caller checks, rate limits), the error handlers, the request class that explains bad
+    bodies, and the body size limit."""
     return {
         "middleware": [MetricsMiddleware(service), RequestContextMiddleware(),
-                       CallerCheckMiddleware(settings)],
+                       CallerCheckMiddleware(settings), RateLimitMiddleware(settings)],
         "exception_handlers": EXCEPTION_HANDLERS,
         "request_class": ApiRequest,
         "request_max_body_size": settings.max_body_bytes,

@@ -50,6 +50,16 @@ async def request_stop(client: aioredis.Redis, settings: Settings, session_id: u
     await client.set(stop_key(settings, session_id), "1", ex=STOP_TTL_SECONDS)
 
 
+async def forget_session(client: aioredis.Redis, settings: Settings,
+                         session_id: uuid.UUID) -> None:
+    """After a session is deleted: stop a reply being written, and remove its live relay
+    (which holds the whole reply text) now rather than when it expires."""
+    async with client.pipeline(transaction=False) as pipe:
+        pipe.set(stop_key(settings, session_id), "1", ex=STOP_TTL_SECONDS)
+        pipe.delete(live_key(settings, session_id), latest_key(settings, session_id))
+        await pipe.execute()
+
+
 def _before(entry_id: str) -> str:
     """The largest stream id below `entry_id`: XREAD is exclusive, and we want to read the
     `started` entry itself."""
@@ -203,7 +213,8 @@ async def sse_stream(
 ) -> AsyncGenerator[ServerSentEventMessage, None]:
     """The body of a live SSE response: `prelude` (POST /chat's `session` event), then
     relay(). Renews `lease` as events and heartbeats flow and releases it however the
-    stream ends, a client disconnect included."""
+    stream ends, a client disconnect included. Ends after settings.max_stream_seconds (at
+    the next event or heartbeat): no connection is held forever."""
     SSE_CONNECTIONS.inc()
     try:
         for event in prelude:
@@ -218,10 +229,15 @@ async def sse_stream(
                 start_timeout=start_timeout,
             )
         ) as events:
+            ends = time.monotonic() + settings.max_stream_seconds
             async for event in events:
                 if lease is not None:
                     await lease.renew()
                 yield event
+                if time.monotonic() >= ends:
+                    # the client resumes with Last-Event-ID (EventSource does it by itself)
+                    log.info("stream_lifetime_reached", session_id=str(session_id))
+                    return
     finally:
         SSE_CONNECTIONS.dec()
         if lease is not None:
@@ -241,11 +257,12 @@ class SseEvent(msgspec.Struct, frozen=True, kw_only=True):
     retry: int | None = None
 
 
-def sse_response(events: AsyncIterator[ServerSentEventMessage]) -> ServerSentEvent:
+def sse_response(events: AsyncIterator[ServerSentEventMessage],
+                 headers: dict[str, str] | None = None) -> ServerSentEvent:
     """A text/event-stream response over sse_stream(); Litestar's own headers already turn
     off proxy buffering (X-Accel-Buffering: no) and caching."""
     # 200 whatever the route's default: POST /chat's is 202, for its JSON answer
-    return ServerSentEvent(events, status_code=200)
+    return ServerSentEvent(events, status_code=200, headers=headers)
 
 
 def live_redis(state: Any, settings: Settings) -> aioredis.Redis:

@@ -19,12 +19,16 @@ from uuid import UUID
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
+from services.core.db import SET_USER
+from services.http.auth import unknown_user
 from services.http.errors import ApiError
 from services.query.params import parse_integer
 
 PROJECTION = "read_model"
 PROJECTION_REACHED = "SELECT projection_reached(%s, %s)"
 CATCH_UP_POSITION = "SELECT stream_catch_up_position(%s, %s)"  # db/migrations/0009
+READ_YOUR_WRITES_CHECK = "SELECT * FROM read_your_writes_check(%s, %s)"
+USER_VISIBLE = "SELECT 1 FROM users WHERE user_id = %s"  # RLS: the caller's own row only
 LAG_HEADER = "X-Projection-Lag"
 MIN_POSITION_HEADER = "X-Min-Position"
 POLL_INTERVAL_SECONDS = 0.01
@@ -42,6 +46,27 @@ def parse_min_position(header: str | None, query: str | None) -> int | None:
                            f"{name} must be a positive integer (an event position)")
         positions.append(position)
     return max(positions) if positions else None
+
+
+async def check_before_waiting(pool: AsyncConnectionPool, user_id: UUID, position: int) -> None:
+    """Before any wait: the caller must be a registered user (in the event store: the read
+    model may not have it yet), 401 otherwise, and the position must exist, 400 otherwise.
+    Nobody can then hold a request (and its polls) for the wait bound for nothing."""
+    async with pool.connection() as conn:
+        cur = await conn.execute(READ_YOUR_WRITES_CHECK, (user_id, position))
+        row = await cur.fetchone()
+    user_known, position_exists = row if row is not None else (True, True)
+    if not user_known and not await _in_read_model(pool, user_id):
+        raise unknown_user()  # users seeded straight into the read model are known too
+    if not position_exists:
+        raise ApiError("invalid_min_position", "min_position is beyond the last event")
+
+
+async def _in_read_model(pool: AsyncConnectionPool, user_id: UUID) -> bool:
+    async with pool.connection() as conn, conn.transaction():
+        await conn.execute(SET_USER, (str(user_id),))
+        cur = await conn.execute(USER_VISIBLE, (user_id,))
+        return await cur.fetchone() is not None
 
 
 async def wait_for_position(

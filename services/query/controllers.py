@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from litestar import Controller, Response, get
-from litestar.datastructures import ResponseHeader
+from litestar.datastructures import ResponseHeader, State
 from litestar.di import NamedDependency
 from litestar.params import PathParameter, QueryParameter
 
@@ -15,7 +15,7 @@ from services.query import messages, sessions
 from services.query.consistency import LAG_HEADER
 from services.query.params import ANCHOR_SCHEMA, CALLER_SECURITY, UUID_SCHEMA
 from services.query.reader import Reader
-from services.query.users import UserProfile
+from services.query.users import UserProfile, with_usage
 
 LAG_RESPONSE_HEADER = ResponseHeader(
     name=LAG_HEADER,
@@ -120,6 +120,6 @@ class UsersController(Controller):
     response_headers = (LAG_RESPONSE_HEADER,)
 
     @get("/me", operation_id="getCurrentUser", responses=error_responses(400, 401))
-    async def me(self, reader: NamedDependency[Reader]) -> Response[UserProfile]:
-        """The caller's profile."""
-        return reader.respond(reader.user)
+    async def me(self, reader: NamedDependency[Reader], state: State) -> Response[UserProfile]:
+        """The caller's profile, with today's token usage against the daily budget."""
+        return reader.respond(await with_usage(reader.user, state))

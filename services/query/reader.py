@@ -25,8 +25,8 @@ from services.query.consistency import (
     LAG_HEADER,
     MIN_POSITION_HEADER,
     catch_up,
+    check_before_waiting,
     parse_min_position,
-    wait_for_position,
 )
 from services.query.params import POSITION_SCHEMA
 from services.query.replicas import ReadPools
@@ -88,6 +88,8 @@ async def provide_reader(
     settings: Settings = state.settings
     read_pools: ReadPools = state.read_pools
 
+    if position is not None:
+        await check_before_waiting(read_pools.primary, user_id, position)
     # a replica (or the primary) whose read model has reached `position`, if any can
     route = await read_pools.route(position, settings.min_position_wait_seconds)
     lag = not route.reached

@@ -3,8 +3,9 @@
 The events come from services/http/sse.py (a Redis Stream per session), so this handler
 only checks who may listen: the caller must be a known user and own the session, read under
 RLS as the query role like every other query route (another user's session is the same 404
-as a missing one), and may hold at most settings.max_streams_per_user streams at once,
-counted in Redis (a lease per stream, see StreamLease) so the cap holds across instances.
+as a missing one), and may hold at most settings.max_streams_per_user streams at once (its
+IP max_streams_per_ip, everyone max_streams), counted in Redis (a lease per stream, see
+StreamLease) so the caps hold across instances.
 
 The ownership check runs in its own short transaction before streaming starts: a stream
 may stay open for minutes and must not pin a pooled connection (the app's Reader
@@ -18,7 +19,7 @@ from typing import Annotated, Any
 from uuid import UUID
 
 import structlog
-from litestar import Controller, get
+from litestar import Controller, Request, get
 from litestar.datastructures import State
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import HeaderParameter, PathParameter, QueryParameter
@@ -31,11 +32,13 @@ from services.core.events import session_stream, user_stream
 from services.core.settings import Settings
 from services.http.auth import USER_HEADER, parse_user_id, unknown_user
 from services.http.errors import ApiError, error_responses
+from services.http.ratelimit import scope_ip
 from services.http.sse import SseEvent, live_redis, sse_response, sse_stream
-from services.http.stream_leases import StreamLease
+from services.http.stream_leases import StreamLease, too_many_streams
 from services.query.consistency import (
     MIN_POSITION_HEADER,
     catch_up,
+    check_before_waiting,
     parse_min_position,
     wait_for_position,
 )
@@ -113,6 +116,7 @@ class StreamController(Controller):
     )
     async def stream(
         self,
+        request: Request[Any, Any, Any],
         state: State,
         session_id: Annotated[
             str, PathParameter(description="The session's id.", schema_extra=UUID_SCHEMA)
@@ -165,13 +169,14 @@ class StreamController(Controller):
         settings: Settings = state.settings
         position = parse_min_position(x_min_position, min_position)
         if position is not None:
+            await check_before_waiting(state.pool, user_id, position)
             await wait_for_position(state.pool, position, settings.min_position_wait_seconds)
         await check_session_owner(state.pool, user_id, sid, settings.min_position_wait_seconds)
         redis = live_redis(state, settings)
-        lease = await StreamLease.acquire(redis, settings, user_id)
+        lease = await StreamLease.acquire(redis, settings, user_id,
+                                          scope_ip(request.scope, settings.trusted_proxies))
         if lease is None:
-            raise ApiError("too_many_streams",
-                           f"at most {settings.max_streams_per_user} open streams per user")
+            raise too_many_streams(settings)
         log.info("stream_opened", session_id=str(sid), resume=resume_after is not None)
         # Following one message's reply ends with an `error` if it never starts; the plain
         # stream waits for the next reply as long as the client stays.

@@ -37,6 +37,7 @@ class RunningSystem:
     url: str
     process: subprocess.Popen[bytes]
     log_path: Path
+    redis_prefix: str = ""
 
     def log_tail(self, lines: int = 60) -> str:
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -67,7 +68,7 @@ def running_system(database_url: str | None, redis_url: str | None, redis_prefix
         **({"DATABASE_URL": database_url} if database_url else {}),
         **({"REDIS_URL": redis_url} if redis_url else {}),
         # a prefix of its own: no other test's worker may take this system's jobs
-        "REDIS_PREFIX": f"{redis_prefix}system-{uuid.uuid4().hex[:8]}:",
+        "REDIS_PREFIX": (prefix := f"{redis_prefix}system-{uuid.uuid4().hex[:8]}:"),
         "PORT": str(port),
         "COMMAND_PORT": str(free_port()),
         "QUERY_PORT": str(free_port()),
@@ -76,13 +77,16 @@ def running_system(database_url: str | None, redis_url: str | None, redis_prefix
         "QUERY_URL": "",
         "LOG_JSON": "false",
         "CHAT_DATA_DIR": str(tmp_path / "data"),  # never the developer's ./data
+        # tests send far more than people do; tests/integration/test_abuse.py turns it on
+        "RATE_LIMIT_ENABLED": "false",
+        "REPLY_SLOTS_ENABLED": "false",
         **extra_env,
     }
     log_path = tmp_path / "system.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen([sys.executable, "-m", "services.cli", "serve", "all"],
                                    cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    system = RunningSystem(f"http://127.0.0.1:{port}", process, log_path)
+    system = RunningSystem(f"http://127.0.0.1:{port}", process, log_path, prefix)
     try:
         _wait_ready(system)
         yield system

@@ -91,6 +91,8 @@ class System:
             "QUERY_PORT": str(self.query_port),
             "HOST": "127.0.0.1",
             "LOG_JSON": "false",
+            "RATE_LIMIT_ENABLED": "false",
+            "REPLY_SLOTS_ENABLED": "false",
             **self.extra,
         }
 

@@ -73,3 +73,15 @@ def test_a_legacy_chat_to_an_unknown_project_is_404_and_bad_input_is_400(
         assert r.status_code == 404 and r.json()["error"] == "project_not_found"
         assert c.post("/chat", json={"text": ""}).status_code == 400
         assert c.post("/chat", json={"project_id": "nope"}).status_code == 400
+
+
+def test_legacy_chat_can_be_switched_off(settings: Any, serve_app: Any) -> None:
+    import msgspec
+
+    from services.command.app import create_app
+
+    base = serve_app(create_app(msgspec.structs.replace(settings, legacy_chat_enabled=False)))
+    with client(base) as c:
+        r = c.post("/chat", json={"text": "hi"})
+    assert r.status_code == 410, r.text
+    assert r.json()["error"] == "legacy_chat_disabled"

@@ -155,7 +155,10 @@ def test_the_request_is_a_streaming_chat_completion_with_usage(
         "messages": MESSAGES,
         "stream": True,
         "stream_options": {"include_usage": True},
+        "max_tokens": 1024,
     }
+    list(_provider(llm_server, "ok", max_tokens=77).stream(MESSAGES))
+    assert llm_server.requests[-1]["body"]["max_tokens"] == 77  # type: ignore[attr-defined]
 
 
 def test_without_an_api_key_no_authorization_is_sent(llm_server: ThreadingHTTPServer) -> None:

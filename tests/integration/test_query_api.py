@@ -512,7 +512,9 @@ def test_users_me_returns_the_callers_profile(as_alice: httpx.Client, alice: See
         "avatar_url",
         "created_at",
         "updated_at",
+        "usage",
     }
+    assert me["usage"] == {"tokens_today": 0, "daily_token_budget": 200_000}
     assert me["user_id"] == str(alice.user_id)
     assert me["email"] == f"{alice.user_id}@example.test"
     assert me["display_name"] == "Alice"
@@ -597,9 +599,21 @@ def test_min_position_not_yet_projected_waits_then_flags_the_lag(
             assert r.headers.get("X-Projection-Lag") == "true"
             assert waited >= 0.45, waited  # the whole bound; how much longer is no contract
             assert [s["title"] for s in r.json()["sessions"]] == ["existing"]
-        # a position that does not exist (yet) is never reached
+        # a position beyond the store's end is refused at once, never waited for
+        started = time.monotonic()
         r = c.get("/api/v1/users/me", headers={"X-Min-Position": str(position + 10**6)})
-        assert (r.status_code, r.headers.get("X-Projection-Lag")) == (200, "true")
+        assert r.status_code == 400, r.text
+        assert r.json()["error"] == "invalid_min_position"
+        assert time.monotonic() - started < settings.min_position_wait_seconds * 4
+    # an unknown caller is refused before any wait
+    with client(serve_app(create_app(msgspec.structs.replace(
+            settings, min_position_wait_seconds=30.0))), uuid.uuid4()) as c:
+        for path in ("/api/v1/sessions", f"/api/v1/sessions/{uuid.uuid4()}/stream"):
+            started = time.monotonic()
+            r = c.get(path, params={"min_position": position})
+            assert r.status_code == 401, r.text
+            assert r.json()["error"] == "unknown_user"
+            assert time.monotonic() - started < 15.0  # not the 30 s wait
 
 
 def test_min_position_already_projected_does_not_wait(

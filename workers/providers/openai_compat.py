@@ -34,12 +34,14 @@ class OpenAICompatProvider:
         api_key: str = "",
         timeout_seconds: float = 60.0,
         client: httpx.Client | None = None,
+        max_tokens: int = 1024,
     ) -> None:
         if not base_url:
             raise ValueError("LLM_BASE_URL is required for LLM_PROVIDER=openai")
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.api_key = api_key
+        self.max_tokens = max_tokens  # sent on every call: a reply's cost has a ceiling
         # One client per provider: connection reuse across replies in a worker.
         self._client = client or httpx.Client(timeout=httpx.Timeout(timeout_seconds))
 
@@ -50,6 +52,7 @@ class OpenAICompatProvider:
             model=settings.llm_model,
             api_key=settings.llm_api_key,
             timeout_seconds=settings.llm_timeout_seconds,
+            max_tokens=settings.llm_max_tokens,
         )
 
     def close(self) -> None:
@@ -67,6 +70,7 @@ class OpenAICompatProvider:
             "messages": list(messages),
             "stream": True,
             "stream_options": {"include_usage": True},
+            "max_tokens": self.max_tokens,
         }
 
     def stream(self, messages: Sequence[ChatMessage]) -> Iterator[Chunk]:
