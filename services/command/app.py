@@ -13,6 +13,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.params import HeaderParameter
 from psycopg_pool import AsyncConnectionPool
 
+from services.command.account_controller import AccountController
 from services.command.auth import Caller, authenticate
 from services.command.controllers import (
     ChatController,
@@ -22,6 +23,7 @@ from services.command.controllers import (
 )
 from services.command.sessions import MAX_TITLE_CHARS
 from services.command.stop import StopController
+from services.command.throttle import SignInThrottle
 from services.core.apidoc import STORABLE_TEXT_PATTERN, refine_components
 from services.core.db import open_async_pool
 from services.core.health import health_controller
@@ -42,6 +44,7 @@ CONTROLLERS: list[type[Controller]] = [
     SessionController,
     StopController,
     LegacyChatController,
+    AccountController,
 ]
 
 
@@ -92,6 +95,7 @@ def create_app(settings: Settings) -> Litestar:
         # the wake-up travels on REDIS_URL's Redis, where the workers subscribe
         wake_redis = async_plain_redis(settings, app.state.redis)
         app.state.wake = Wake(wake_redis, settings)  # after each commit: "news"
+        app.state.sign_in_throttle = SignInThrottle(settings)
         try:
             yield
         finally:

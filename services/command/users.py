@@ -11,6 +11,7 @@ import structlog
 from psycopg_pool import AsyncConnectionPool
 
 from services.command.auth import Caller
+from services.command.passwords import check_policy, hash_password
 from services.command.store import append, in_transaction
 from services.core.events import UserRegistered, user_stream
 from services.core.eventstore import StreamAppend
@@ -26,6 +27,8 @@ INSERT INTO user_emails (email, user_id) VALUES (%s, %s)
     ON CONFLICT (email) DO NOTHING
 RETURNING user_id
 """
+
+INSERT_PASSWORD = "INSERT INTO user_passwords (user_id, password_hash) VALUES (%s, %s)"
 
 Email = Annotated[
     str,
@@ -47,6 +50,9 @@ class RegisterUser(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     email: Email | None = None
     display_name: DisplayName | None = None
     avatar_url: HttpUrl | None = None
+    # With a password (and an e-mail) the user can sign in (POST /api/v1/auth/signin).
+    # It is stored as an argon2id hash in user_passwords, never in the event.
+    password: Annotated[str, msgspec.Meta(max_length=1024)] | None = None
 
 
 class UserCreated(msgspec.Struct, frozen=True, kw_only=True):
@@ -68,7 +74,16 @@ async def register_user(
         avatar_url=body.avatar_url,
     )
 
+    password_hash = None
+    if body.password is not None:
+        if body.email is None:
+            raise ApiError("invalid_request", "a password needs an e-mail to sign in with")
+        check_policy(body.password)
+        password_hash = await hash_password(body.password)
+
     async def work(conn: psycopg.AsyncConnection[Any]) -> None:
+        if password_hash is not None:
+            await conn.execute(INSERT_PASSWORD, (caller.user_id, password_hash))
         if body.email is not None:
             cur = await conn.execute(RESERVE_EMAIL, (body.email.lower(), caller.user_id))
             if await cur.fetchone() is None:

@@ -36,6 +36,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # did not sign. Set both behind the Python gateway, the first alone behind nginx.
     auth_jwt_secret: str = ""
     gateway_secret: str = ""
+    # Who may name the caller with a plain X-User-ID (the seed's contract): a client, only
+    # when this is on AND every bind is loopback (`make run`, the seed's examples); else a
+    # client-sent X-User-ID is refused (401 user_header_refused) and people sign in
+    # (services/http/credentials.py). AUTH_SESSION_HOURS: a browser session's lifetime.
+    allow_user_header: bool = True
+    auth_session_hours: float = 12.0
     # The services answer 431 past this many bytes of request headers (uvicorn sets none).
     max_header_bytes: int = 32 * 1024
     # Projection. Followers of the event store (projector, reply dispatcher) wake on the

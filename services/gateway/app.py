@@ -118,6 +118,9 @@ class Gateway:
                     timeout=aiohttp.ClientTimeout(total=None, sock_connect=30.0),
                     auto_decompress=False,
                     skip_auto_headers=NO_AUTO_HEADERS,
+                    # it relays Set-Cookie to the client and must never keep one itself (a
+                    # jar would send one user's session cookie with everyone's requests)
+                    cookie_jar=aiohttp.DummyCookieJar(),
                 )
                 self.redis = aioredis.Redis.from_url(
                     self.settings.redis_url, socket_connect_timeout=READY_TIMEOUT_SECONDS,

@@ -59,8 +59,17 @@ ERRORS: dict[str, ErrorCode] = {
     "invalid_token": ErrorCode(401, "Signed-token mode: the token is not valid (signature, "
                                     "algorithm, claims)."),
     "token_expired": ErrorCode(401, "Signed-token mode: the token has expired."),
+    "invalid_credential": ErrorCode(401, "The session cookie or API token is unknown, expired "
+                                         "or revoked (signed out)."),
+    "sign_in_failed": ErrorCode(401, "No account with that e-mail and password (the same "
+                                     "answer for both)."),
+    "user_header_refused": ErrorCode(401, "X-User-ID from a client is refused here (not a "
+                                          "loopback `make run`): sign in instead."),
     "gateway_proof_required": ErrorCode(401, "The request did not come through the gateway "
                                              "(GATEWAY_SECRET is set)."),
+    # 403: who is calling is known, the request is not allowed.
+    "csrf_failed": ErrorCode(403, "A cookie-authenticated write without the X-CSRF-Token "
+                                  "header matching the chat_csrf cookie."),
     # 404: nothing there for this caller; another user's resource looks exactly the same.
     "not_found": ErrorCode(404, "No such route or file."),
     "session_not_found": ErrorCode(404, "No such session for this user."),
@@ -69,6 +78,8 @@ ERRORS: dict[str, ErrorCode] = {
                                         "session."),
     "method_not_allowed": ErrorCode(405, "The path exists, not with this method (see Allow)."),
     # 409: the state changed under the request.
+    "weak_password": ErrorCode(422, "The password is under 8 characters, over 256, or one of "
+                                    "the most common passwords."),
     "email_taken": ErrorCode(409, "That e-mail address is already registered."),
     "concurrent_update": ErrorCode(409, "The session changed too often while writing; retry."),
     # 413 / 429 / 431: limits.
@@ -76,6 +87,8 @@ ERRORS: dict[str, ErrorCode] = {
     "message_too_long": ErrorCode(413, "The message is over MAX_MESSAGE_CHARS characters."),
     "too_many_streams": ErrorCode(429, "The caller already holds MAX_STREAMS_PER_USER live "
                                        "streams."),
+    "too_many_attempts": ErrorCode(429, "Too many sign-in attempts for this account or from "
+                                        "this address; retry after Retry-After seconds."),
     "headers_too_large": ErrorCode(431, "The request headers are over MAX_HEADER_BYTES."),
     # 5xx: ours; retry later. The log line with the same request id says more.
     "internal_error": ErrorCode(500, "An unexpected error."),
@@ -143,7 +156,9 @@ def _response(status: int, code: str, detail: str, extra: Mapping[str, Any] | No
 
 
 def api_error(_: Request[Any, Any, Any], exc: ApiError) -> Response[dict[str, Any]]:
-    return _response(exc.status_code, exc.code, exc.detail, exc.extra)
+    retry = exc.extra.get("retry_after")  # a 429's seconds, also as the standard header
+    return _response(exc.status_code, exc.code, exc.detail, exc.extra,
+                     {"Retry-After": str(retry)} if retry is not None else None)
 
 
 def invalid_body(_: Request[Any, Any, Any], exc: BodyError) -> Response[dict[str, Any]]:
