@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from litestar import Controller, Request, Response, delete, post, put
+from litestar import Controller, Request, Response, delete, patch, post, put
 from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
@@ -38,8 +38,20 @@ class UserController(Controller):
         wake: NamedDependency[Wake],
         request_ids: NamedDependency[RequestIds],
     ) -> users.UserCreated:
-        """Registers a user; the server picks the id. The e-mail is unique in any case."""
+        """Registers a user; the server picks the id. The e-mail is unique in any case.
+        With a `password` (and an e-mail) the user can sign in (POST /api/v1/auth/signin)."""
         return await users.register_user(pool, wake, request_ids, data)
+
+    @patch("/me", operation_id="updateMe", responses=error_responses(400, 401, 403))
+    async def update_me(
+        self,
+        data: JSONBody[users.UpdateProfile],
+        claimed_caller: NamedDependency[Caller],
+        pool: NamedDependency[AsyncConnectionPool[Any]],
+        wake: NamedDependency[Wake],
+    ) -> users.ProfileUpdated:
+        """Changes the caller's display name and/or avatar URL."""
+        return await users.update_profile(pool, wake, claimed_caller, data)
 
 
 class ChatController(Controller):

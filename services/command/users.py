@@ -12,10 +12,11 @@ from psycopg_pool import AsyncConnectionPool
 
 from services.command.auth import Caller
 from services.command.passwords import check_policy, hash_password
-from services.command.store import append, in_transaction
-from services.core.events import UserRegistered, user_stream
+from services.command.store import LOCK_STREAM, append, in_transaction
+from services.core.events import UserProfileUpdated, UserRegistered, user_stream
 from services.core.eventstore import StreamAppend
 from services.core.wakeup import Wake
+from services.http.auth import unknown_user
 from services.http.context import RequestIds
 from services.http.errors import ApiError
 
@@ -106,3 +107,38 @@ async def register_user(
         display_name=body.display_name,
         avatar_url=body.avatar_url,
     )
+
+
+class UpdateProfile(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """PATCH /api/v1/users/me: the fields given change, the others stay."""
+
+    display_name: DisplayName | None = None
+    avatar_url: HttpUrl | None = None
+
+
+class ProfileUpdated(msgspec.Struct, frozen=True, kw_only=True):
+    user_id: uuid.UUID
+    position: int  # X-Min-Position for a read that must see the change
+
+
+async def update_profile(
+    pool: AsyncConnectionPool[Any], wake: Wake, caller: Caller, body: UpdateProfile
+) -> ProfileUpdated:
+    stream_id = user_stream(caller.user_id)
+    event = UserProfileUpdated(user_id=caller.user_id, display_name=body.display_name,
+                               avatar_url=body.avatar_url)
+
+    async def work(conn: psycopg.AsyncConnection[Any]) -> int:
+        cur = await conn.execute(LOCK_STREAM, (stream_id,))
+        row = await cur.fetchone()
+        if row is None or row[0] != "user" or row[3]:
+            raise unknown_user()
+        positions = await append(
+            conn, [StreamAppend(stream_id=stream_id, expected_version=int(row[2]),
+                                events=[event])], caller.event_metadata())
+        return int(positions[-1])
+
+    position = await in_transaction(pool, work)
+    log.info("user_profile_updated")
+    await wake()
+    return ProfileUpdated(user_id=caller.user_id, position=position)

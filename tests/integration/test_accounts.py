@@ -103,6 +103,20 @@ def test_sign_up_sign_in_and_write_with_the_cookie(local: System) -> None:
     assert me.status_code == 200 and me.json()["email"] == email
 
 
+def test_the_profile_is_changed_with_patch_me(exposed: System) -> None:
+    browser = Browser(exposed.gateway, sign_in(exposed.gateway, sign_up(exposed.gateway)))
+    changed = browser.request("PATCH", "/api/v1/users/me", json={
+        "display_name": "Ada", "avatar_url": "https://example.com/ada.png"})
+    assert changed.status_code == 200, changed.text
+    me = browser.request("GET", "/api/v1/users/me",
+                         headers={"X-Min-Position": str(changed.json()["position"])}).json()
+    assert (me["display_name"], me["avatar_url"]) == ("Ada", "https://example.com/ada.png")
+    assert browser.request("PATCH", "/api/v1/users/me", csrf=False,
+                           json={"display_name": "Eve"}).status_code == 403
+    assert browser.request("PATCH", "/api/v1/users/me",
+                           json={"user_id": str(uuid.uuid4())}).status_code == 400
+
+
 def test_a_cookie_write_without_the_csrf_token_is_403(exposed: System) -> None:
     browser = Browser(exposed.gateway, sign_in(exposed.gateway, sign_up(exposed.gateway)))
     response = post_chat(browser, csrf=False)

@@ -132,6 +132,7 @@ NO_OBJECT_IN_PATH = {
     ("POST", "/api/v1/chat"): "ids in the body: test_ids_in_a_body_are_checked_like_paths",
     ("GET", "/api/v1/sessions"): "the caller's own list: checked below",
     ("GET", "/api/v1/users/me"): "the caller's own profile: checked below",
+    ("PATCH", "/api/v1/users/me"): "the caller's own profile (test_accounts.py)",
     ("GET", "/healthz"): "public probe",
     ("GET", "/readyz"): "public probe",
     ("GET", "/metrics"): "public to the scraper, no user data",
