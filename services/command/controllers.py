@@ -13,7 +13,7 @@ from litestar.params import FromPath, JSONBody
 from litestar.status_codes import HTTP_202_ACCEPTED
 from psycopg_pool import AsyncConnectionPool
 
-from services.command import chat, legacy, sessions, users
+from services.command import chat, erasure, legacy, sessions, users
 from services.command.auth import Caller, verified
 from services.core.settings import Settings
 from services.core.wakeup import Wake
@@ -41,6 +41,13 @@ class UserController(Controller):
         """Registers a user; the server picks the id. The e-mail is unique in any case.
         With a `password` (and an e-mail) the user can sign in (POST /api/v1/auth/signin)."""
         return await users.register_user(pool, wake, request_ids, data)
+
+    @delete("/me", operation_id="deleteMe", responses=error_responses(401, 403))
+    async def delete_me(self, claimed_caller: NamedDependency[Caller], state: State) -> None:
+        """Deletes the caller's account: every session, message and project link, the
+        profile and the credentials; docs/data-erasure.md says what is erased where."""
+        await erasure.delete_account(state.pool, state.redis, state.wake, state.settings,
+                                     claimed_caller)
 
     @patch("/me", operation_id="updateMe", responses=error_responses(400, 401, 403))
     async def update_me(

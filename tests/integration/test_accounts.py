@@ -17,6 +17,7 @@ import msgspec
 import pytest
 
 from services.core.settings import Settings
+from tests.integration.conftest import wait_until
 from tests.integration.test_security import System, _system, operations
 
 TIMEOUT = 15.0
@@ -259,3 +260,75 @@ def test_loopback_make_run_keeps_the_seeds_user_header(local: System) -> None:
                           headers={"X-User-ID": user["user_id"], "Accept": "application/json"},
                           timeout=TIMEOUT)
     assert response.status_code == 202, response.text
+
+
+def test_deleting_the_account_leaves_no_row_no_text_and_no_live_key(
+    exposed: System, acc_settings: Settings
+) -> None:
+    import psycopg
+    import redis
+
+    from services.core.livewire import live_key
+    from workers.publisher import stream_key
+
+    secret = f"my secret plot {uuid.uuid4().hex}"
+    email = sign_up(exposed.gateway)
+    browser = Browser(exposed.gateway, sign_in(exposed.gateway, email))
+    token = browser.request("POST", "/api/v1/auth/tokens", json={"name": "cli"}).json()
+    posted = browser.request("POST", "/api/v1/chat", json={"text": secret},
+                             headers={"Accept": "application/json"}).json()
+    session_id = posted["session_id"]
+    user_id = browser.user_id
+    broker = redis.Redis.from_url(acc_settings.redis_url)
+
+    def replied() -> bool:
+        page = browser.request("GET", f"/api/v1/sessions/{session_id}/messages",
+                               headers={"X-Min-Position": str(posted["position"])}).json()
+        return len(page.get("messages", [])) == 2
+
+    wait_until(replied, timeout=30)
+    assert broker.exists(live_key(acc_settings, session_id))
+
+    deleted = browser.request("DELETE", "/api/v1/users/me")
+    assert deleted.status_code == 204, deleted.text
+    # the credentials died with it
+    assert browser.request("GET", "/api/v1/sessions").status_code == 401
+    assert httpx.get(f"{exposed.gateway}/api/v1/sessions", timeout=TIMEOUT, headers={
+        "Authorization": f"Bearer {token['token']}"}).status_code == 401
+    assert sign_in(exposed.gateway, email).status_code == 401
+    assert not broker.exists(live_key(acc_settings, session_id))
+
+    with psycopg.connect(acc_settings.database_url, autocommit=True) as conn:
+        def projected() -> bool:
+            return conn.execute(
+                "SELECT NOT EXISTS (SELECT 1 FROM users WHERE user_id = %s)"
+                " AND NOT EXISTS (SELECT 1 FROM sessions WHERE user_id = %s)"
+                " AND NOT EXISTS (SELECT 1 FROM user_projects WHERE user_id = %s)",
+                (user_id, user_id, user_id)).fetchone() == (True,)
+
+        wait_until(projected, timeout=30)
+        for table in ("chat_messages", "turns"):
+            count = conn.execute(f"SELECT count(*) FROM {table} WHERE user_id = %s",
+                                 (user_id,)).fetchone()
+            assert count == (0,), table
+        for table in ("user_emails", "user_passwords", "user_credentials"):
+            count = conn.execute(f"SELECT count(*) FROM {table} WHERE user_id = %s",
+                                 (user_id,)).fetchone()
+            assert count == (0,), table
+        texts = conn.execute("SELECT data::text FROM events WHERE data::text LIKE %s"
+                             " OR data::text ILIKE %s",
+                             (f"%{secret}%", f"%{email}%")).fetchall()
+        assert texts == []
+        types = [r[0] for r in conn.execute(
+            "SELECT type FROM events WHERE stream_id = %s ORDER BY version",
+            (f"user-{user_id}",))]
+        assert types[-1] == "UserDeleted"
+
+    def published_without_text() -> bool:
+        entries = broker.xrange(stream_key(acc_settings))
+        types = [f.get(b"type") for _, f in entries if user_id.encode() in f.get(b"data", b"")]
+        blobs = [b"".join(f.values()) for _, f in entries]
+        text = [b for b in blobs if secret.encode() in b or email.encode() in b]
+        return types == [b"UserDeleted"] and not text
+
+    wait_until(published_without_text, timeout=30)

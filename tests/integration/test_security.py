@@ -133,6 +133,7 @@ NO_OBJECT_IN_PATH = {
     ("GET", "/api/v1/sessions"): "the caller's own list: checked below",
     ("GET", "/api/v1/users/me"): "the caller's own profile: checked below",
     ("PATCH", "/api/v1/users/me"): "the caller's own profile (test_accounts.py)",
+    ("DELETE", "/api/v1/users/me"): "the caller's own account (test_accounts.py)",
     ("GET", "/healthz"): "public probe",
     ("GET", "/readyz"): "public probe",
     ("GET", "/metrics"): "public to the scraper, no user data",
@@ -236,9 +237,10 @@ def test_a_missing_malformed_or_unknown_caller_is_refused_everywhere(plain: Syst
         for headers, status in (({}, 401), ({"X-User-ID": "not-a-uuid"}, 400),
                                 ({"X-User-ID": "x" * 10_000}, 400),
                                 ({"X-User-ID": str(uuid.uuid4())}, 401)):
-            body = {"text": "hi"} if path.endswith("/chat") else {"title": "t"}
+            body = ({"text": "hi"} if path.endswith("/chat") else
+                    {"display_name": "t"} if path.endswith("/me") else {"title": "t"})
             response = httpx.request(method, url, headers=headers, timeout=TIMEOUT,
-                                     json=body if method in ("POST", "PUT") else None)
+                                     json=body if method in ("POST", "PUT", "PATCH") else None)
             assert response.status_code == status, (method, path, headers, response.text)
 
 
