@@ -115,6 +115,14 @@ async function whoAmI() {
   }
 }
 
+// "Sign in with …" when the server has an OpenID Connect provider.
+async function showOidc() {
+  const oidc = await api("GET", "/api/v1/auth/oidc");
+  if (!oidc.enabled) return;
+  $("oidc-link").textContent = `Sign in with ${oidc.name}`;
+  $("oidc").hidden = false;
+}
+
 async function signIn(event) {
   const form = new FormData(event.target);
   const signedIn = await api("POST", "/api/v1/auth/signin",
@@ -524,6 +532,7 @@ function start() {
     if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); $("composer").requestSubmit(); }
   });
   guarded(async () => showSignedIn(await whoAmI()))();
+  guarded(showOidc)();
 }
 
 start();

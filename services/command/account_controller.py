@@ -1,19 +1,23 @@
-"""HTTP handlers of /api/v1/auth: sign in and out, password, API tokens."""
+"""HTTP handlers of /api/v1/auth: sign in and out (password or OpenID Connect), password,
+API tokens."""
 
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Annotated, Any
 
-from litestar import Controller, Request, Response, delete, post
+import msgspec
+from litestar import Controller, Request, Response, delete, get, post
 from litestar.datastructures import Cookie, State
 from litestar.di import NamedDependency
-from litestar.params import FromPath, JSONBody
+from litestar.params import FromPath, JSONBody, QueryParameter
 
-from services.command import accounts
+from services.command import accounts, oidc_signin
 from services.command.auth import Caller
+from services.http.context import RequestIds
 from services.http.credentials import CSRF_COOKIE, SESSION_COOKIE
-from services.http.errors import error_responses
+from services.http.errors import ApiError, error_responses
+from services.http.oidc import OidcProvider
 
 
 class AccountController(Controller):
@@ -34,12 +38,7 @@ class AccountController(Controller):
         return Response(
             accounts.SignedIn(user_id=user_id, csrf_token=session.csrf_token,
                               expires_at=session.expires_at),
-            cookies=[
-                Cookie(key=SESSION_COOKIE, value=session.token, path="/", httponly=True,
-                       samesite="lax", secure=secure, max_age=max_age),
-                Cookie(key=CSRF_COOKIE, value=session.csrf_token, path="/", httponly=False,
-                       samesite="lax", secure=secure, max_age=max_age),
-            ])
+            cookies=_session_cookies(session, secure, max_age))
 
     @post("/signout", operation_id="signOut", status_code=204, responses=error_responses(401))
     async def sign_out(self, request: Request[Any, Any, Any], caller: NamedDependency[Caller],
@@ -100,3 +99,68 @@ def _address(request: Request[Any, Any, Any]) -> str:
 def _is_https(request: Request[Any, Any, Any]) -> bool:
     proto = request.headers.get("x-forwarded-proto")
     return (proto or request.url.scheme) == "https"
+
+
+class OidcInfo(msgspec.Struct, frozen=True, kw_only=True):
+    enabled: bool
+    name: str | None = None  # for "Sign in with <name>"
+
+
+class OidcController(Controller):
+    """Sign in with OpenID Connect: browser redirects, so GETs (routed to this service by
+    path, in the gateway and in nginx)."""
+
+    path = "/api/v1/auth/oidc"
+    tags = ("auth",)
+
+    @get("", operation_id="oidcInfo")
+    async def info(self, state: State) -> OidcInfo:
+        """Whether "Sign in with …" is offered, and the provider's name."""
+        if state.oidc is None:
+            return OidcInfo(enabled=False)
+        return OidcInfo(enabled=True, name=state.settings.auth_oidc_name)
+
+    @get("/start", operation_id="oidcStart", status_code=303,
+         responses=error_responses(404, 503))
+    async def start(self, state: State) -> Response[None]:
+        """Redirects the browser to the provider (PKCE and nonce)."""
+        provider = _provider(state)
+        url, login_state = await oidc_signin.start(provider, state.redis, state.settings)
+        return Response(None, status_code=303, headers={"Location": url}, cookies=[
+            Cookie(key=oidc_signin.STATE_COOKIE, value=login_state, path="/api/v1/auth/oidc",
+                   httponly=True, samesite="lax", max_age=oidc_signin.LOGIN_WINDOW_SECONDS)])
+
+    @get("/callback", operation_id="oidcCallback", status_code=303,
+         responses=error_responses(401, 404, 503))
+    async def callback(self, request: Request[Any, Any, Any], state: State,
+                       request_ids: NamedDependency[RequestIds],
+                       code: Annotated[str | None, QueryParameter(name="code")] = None,
+                       state_param: Annotated[str | None, QueryParameter(name="state")] = None,
+                       ) -> Response[None]:
+        """Where the provider sends the browser back: the session cookie, then the UI."""
+        provider = _provider(state)
+        _, session = await oidc_signin.callback(
+            provider, state.pool, state.redis, state.wake, state.settings, request_ids,
+            code=code, state=state_param,
+            cookie_state=request.cookies.get(oidc_signin.STATE_COOKIE))
+        secure = _is_https(request)
+        max_age = int(state.settings.auth_session_hours * 3600)
+        return Response(None, status_code=303, headers={"Location": "/"}, cookies=[
+            *_session_cookies(session, secure, max_age),
+            Cookie(key=oidc_signin.STATE_COOKIE, value="", path="/api/v1/auth/oidc",
+                   max_age=0)])
+
+
+def _provider(state: State) -> OidcProvider:
+    if state.oidc is None:
+        raise ApiError("not_found", "OpenID Connect is not configured")
+    return state.oidc  # type: ignore[no-any-return]
+
+
+def _session_cookies(session: accounts.Session, secure: bool, max_age: int) -> list[Cookie]:
+    return [
+        Cookie(key=SESSION_COOKIE, value=session.token, path="/", httponly=True,
+               samesite="lax", secure=secure, max_age=max_age),
+        Cookie(key=CSRF_COOKIE, value=session.csrf_token, path="/", httponly=False,
+               samesite="lax", secure=secure, max_age=max_age),
+    ]

@@ -116,7 +116,7 @@ async def sign_in(pool: AsyncConnectionPool[Any], throttle: SignInThrottle,
     async with pool.connection() as conn:
         if rehash:
             await conn.execute(UPDATE_PASSWORD, (rehash, user_id))
-        session = await _new_session(conn, user_id, settings)
+        session = await new_session(conn, user_id, settings)
     log.info("signed_in", user_id=str(user_id))
     return user_id, session
 
@@ -170,7 +170,7 @@ async def revoke_api_token(pool: AsyncConnectionPool[Any], user_id: uuid.UUID,
             raise ApiError("not_found", "no such API token")
 
 
-async def _new_session(conn: Any, user_id: uuid.UUID, settings: Settings) -> Session:
+async def new_session(conn: Any, user_id: uuid.UUID, settings: Settings) -> Session:
     token = new_token()
     expires_at = datetime.now(UTC) + timedelta(hours=settings.auth_session_hours)
     await conn.execute(INSERT_CREDENTIAL, (uuid.uuid4(), user_id, SESSION_KIND,

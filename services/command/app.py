@@ -13,7 +13,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.params import HeaderParameter
 from psycopg_pool import AsyncConnectionPool
 
-from services.command.account_controller import AccountController
+from services.command.account_controller import AccountController, OidcController
 from services.command.auth import Caller, authenticate
 from services.command.controllers import (
     ChatController,
@@ -35,6 +35,7 @@ from services.http.auth import USER_HEADER, parse_user_id
 from services.http.context import RequestIds, request_ids
 from services.http.layer import api_description, http_layer
 from services.http.metrics import metrics_handler
+from services.http.oidc import oidc_provider
 
 # Add a controller here to serve it.
 CONTROLLERS: list[type[Controller]] = [
@@ -45,6 +46,7 @@ CONTROLLERS: list[type[Controller]] = [
     StopController,
     LegacyChatController,
     AccountController,
+    OidcController,
 ]
 
 
@@ -96,6 +98,7 @@ def create_app(settings: Settings) -> Litestar:
         wake_redis = async_plain_redis(settings, app.state.redis)
         app.state.wake = Wake(wake_redis, settings)  # after each commit: "news"
         app.state.sign_in_throttle = SignInThrottle(settings)
+        app.state.oidc = oidc_provider(settings)  # None: OpenID Connect is off
         try:
             yield
         finally:

@@ -43,6 +43,7 @@ DELETE_CREDENTIALS = (
     "DELETE FROM user_credentials WHERE user_id = %s",
     "DELETE FROM user_passwords WHERE user_id = %s",
     "DELETE FROM user_emails WHERE user_id = %s",
+    "DELETE FROM user_identities WHERE user_id = %s",
 )
 
 

@@ -18,9 +18,16 @@ PER_ACCOUNT = RateLimitItemPerMinute(10, 15)  # 10 failures per account in 15 mi
 PER_ADDRESS = RateLimitItemPerMinute(50, 15)  # 50 failures per client address
 
 
+def limits_url(redis_url: str) -> str:
+    """`limits`' name for our Redis URL (the embedded Redis of `make run` is a unix socket)."""
+    if redis_url.startswith("unix://"):
+        return "async+redis+" + redis_url
+    return "async+" + redis_url
+
+
 class SignInThrottle:
     def __init__(self, settings: Settings) -> None:
-        storage = RedisStorage(f"async+{settings.redis_url}", implementation="redispy",
+        storage = RedisStorage(limits_url(settings.redis_url), implementation="redispy",
                                key_prefix=f"{settings.redis_prefix}limits:signin")
         self.limiter = MovingWindowRateLimiter(storage)
 

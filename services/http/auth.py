@@ -53,6 +53,7 @@ from services.http.credentials import (
     cookies_of,
 )
 from services.http.errors import ApiError, error_body
+from services.http.oidc import oidc_provider
 
 USER_HEADER = "X-User-ID"
 PROOF_HEADER = "x-gateway-proof"
@@ -63,7 +64,10 @@ JWT_ALGORITHMS = ["HS256"]
 # document the gateway merges, metrics scrapes).
 SIGNUP = ("POST", "/api/v1/users")
 SIGNIN = ("POST", "/api/v1/auth/signin")
-OPEN_ROUTES = (SIGNUP, SIGNIN)
+# Signing up or in needs no caller, and ignores any credential the browser still holds (a
+# cookie revoked by "sign out everywhere" must not stop the next sign-in).
+OPEN_ROUTES = (SIGNUP, SIGNIN, ("GET", "/api/v1/auth/oidc"), ("GET", "/api/v1/auth/oidc/start"),
+               ("GET", "/api/v1/auth/oidc/callback"))
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 PUBLIC_PATHS = ("/healthz", "/readyz", "/metrics")
 PUBLIC_PREFIXES = ("/schema",)
@@ -161,6 +165,7 @@ class CallerCheckMiddleware(ASGIMiddleware):
         self.jwt_secret = settings.auth_jwt_secret
         self.user_header_trusted = user_header_trusted(settings)
         self.credentials = credentials
+        self.oidc = oidc_provider(settings)
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
         headers = list(scope["headers"])
@@ -176,18 +181,28 @@ class CallerCheckMiddleware(ASGIMiddleware):
         try:
             if self.gateway_secret:
                 self._check_proof(scope, method, headers)
-            user_id = await self._user_from_credential(method, headers)
-            if user_id is not None:
-                scope["headers"] = _with_user(headers, user_id)
-            elif self.jwt_secret and (method, path) not in OPEN_ROUTES:
-                scope["headers"] = self._user_from_token(headers)
-            elif not self.user_header_trusted and _header(headers, _USER_HEADER_BYTES):
-                raise ApiError("user_header_refused", f"{USER_HEADER} from a client is "
-                               "refused here: sign in, or send an API token")
+            if (method, path) in OPEN_ROUTES:
+                scope["headers"] = [(k, v) for k, v in headers
+                                    if k.lower() != _USER_HEADER_BYTES]
+            else:
+                await self._identify(scope, method, headers)
         except ApiError as refusal:
             await _refuse(send, refusal)
             return
         await next_app(scope, receive, send)
+
+    async def _identify(self, scope: Scope, method: str,
+                        headers: list[tuple[bytes, bytes]]) -> None:
+        """Sets X-User-ID in the scope from a credential (or the JWT mode), or leaves a
+        client's X-User-ID where it is trusted; ApiError otherwise."""
+        user_id = await self._user_from_credential(method, headers)
+        if user_id is not None:
+            scope["headers"] = _with_user(headers, user_id)
+        elif self.jwt_secret:
+            scope["headers"] = self._user_from_token(headers)
+        elif not self.user_header_trusted and _header(headers, _USER_HEADER_BYTES):
+            raise ApiError("user_header_refused", f"{USER_HEADER} from a client is "
+                           "refused here: sign in, or send an API token")
 
     def _check_proof(self, scope: Scope, method: str, headers: list[tuple[bytes, bytes]]) -> None:
         proofs = [v.decode("latin-1") for k, v in headers if k.lower() == _PROOF_HEADER_BYTES]
@@ -211,6 +226,9 @@ class CallerCheckMiddleware(ASGIMiddleware):
         token = token.strip()
         if scheme.lower() == "bearer" and token.startswith(API_TOKEN_PREFIX):
             return await self._live(token, API_TOKEN_KIND)
+        if scheme.lower() == "bearer" and self.oidc is not None and token and not (
+                self.jwt_secret and _jwt_alg(token).upper().startswith("HS")):
+            return await self._provider_user(token)
         cookies = cookies_of(_header(headers, _COOKIE_BYTES))
         session = cookies.get(SESSION_COOKIE)
         if not session or scheme.lower() == "bearer":
@@ -223,6 +241,14 @@ class CallerCheckMiddleware(ASGIMiddleware):
                 raise ApiError("csrf_failed", f"a write with the session cookie needs the "
                                f"{CSRF_HEADER} header equal to the {CSRF_COOKIE} cookie")
         return user_id
+
+    async def _provider_user(self, token: str) -> str:
+        assert self.oidc is not None
+        claims = await self.oidc.verify(token)
+        user_id = await self.credentials.user_for_identity(self.oidc.issuer, str(claims["sub"]))
+        if user_id is None:
+            raise unknown_user()
+        return str(user_id)
 
     async def _live(self, token: str, kind: str) -> str:
         user_id = await self.credentials.user_for(token, kind)
@@ -250,6 +276,13 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _jwt_alg(token: str) -> str:
+    try:
+        return str(jwt.get_unverified_header(token).get("alg", ""))
+    except jwt.InvalidTokenError:
+        return ""
 
 
 def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:

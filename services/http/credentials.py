@@ -9,6 +9,8 @@ runs this for every request).
   can make the browser send cookies, it cannot read them to copy one into a header).
 - An API token: `Authorization: Bearer cst_...`, the same kind of random token, made and
   revoked through the API; it never expires on its own.
+- With OpenID Connect configured, a JWT the provider signed (services/http/oidc.py), for
+  a user who signed in through it once (`user_identities`).
 
 Only SHA-256 hashes are stored: the tokens are random, so a fast hash loses nothing and a
 leaked table holds nothing that signs anyone in. Why an opaque token and not a signed one: a
@@ -41,6 +43,7 @@ SELECT user_id FROM user_credentials
  WHERE token_hash = %s AND kind = %s AND revoked_at IS NULL
    AND (expires_at IS NULL OR expires_at > now())
 """
+USER_FOR_IDENTITY = "SELECT user_id FROM user_identities WHERE issuer = %s AND subject = %s"
 
 
 def new_token(prefix: str = "") -> str:
@@ -80,10 +83,17 @@ class CredentialCheck:
 
     async def user_for(self, token: str, kind: str) -> uuid.UUID | None:
         """The user a live credential belongs to; None for anything else."""
+        return await self._one(USER_FOR_TOKEN, (token_hash(token), kind))
+
+    async def user_for_identity(self, issuer: str, subject: str) -> uuid.UUID | None:
+        """The user an OpenID Connect (issuer, subject) signed in as, if any."""
+        return await self._one(USER_FOR_IDENTITY, (issuer, subject))
+
+    async def _one(self, query: str, params: tuple[Any, ...]) -> uuid.UUID | None:
         if self.pool is None:
             raise RuntimeError("the credential check is not open")
         async with self.pool.connection() as conn:
-            cur = await conn.execute(USER_FOR_TOKEN, (token_hash(token), kind))
+            cur = await conn.execute(query, params)
             row = await cur.fetchone()
             await conn.rollback()
         return row[0] if row else None

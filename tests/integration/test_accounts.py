@@ -237,6 +237,8 @@ def test_exposed_services_refuse_a_client_sent_user_id(exposed: System) -> None:
 
 
 OPEN_ROUTES = {("POST", "/api/v1/users"), ("POST", "/api/v1/auth/signin"),
+               ("GET", "/api/v1/auth/oidc"), ("GET", "/api/v1/auth/oidc/start"),
+               ("GET", "/api/v1/auth/oidc/callback"),
                ("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics"),
                ("POST", "/chat")}  # legacy, keyed by project id (issue 15 locks it down)
 

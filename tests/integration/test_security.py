@@ -145,6 +145,9 @@ NO_OBJECT_IN_PATH = {
     ("POST", "/api/v1/auth/signout-everywhere"): "ends the caller's own sessions",
     ("POST", "/api/v1/auth/password"): "the caller's own password",
     ("POST", "/api/v1/auth/tokens"): "makes a token for the caller",
+    ("GET", "/api/v1/auth/oidc"): "public: whether OpenID Connect is offered",
+    ("GET", "/api/v1/auth/oidc/start"): "signs in: redirects to the provider (test_oidc.py)",
+    ("GET", "/api/v1/auth/oidc/callback"): "signs in: the provider's answer (test_oidc.py)",
 }
 # Routes whose path names another kind of object, each with the test of its own check.
 OWN_OBJECT_CHECKS = {
