@@ -30,7 +30,7 @@ class UserController(Controller):
     path = "/api/v1/users"
     tags = ("users",)
 
-    @post("", operation_id="createUser", responses=error_responses(400, 409, 413))
+    @post("", operation_id="createUser", responses=error_responses(400, 409, 413, 422))
     async def create_user(
         self,
         data: JSONBody[users.RegisterUser],
