@@ -20,6 +20,7 @@ key to share and rotate and nothing else.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import secrets
 import uuid
@@ -71,10 +72,16 @@ class CredentialCheck:
     def __init__(self, database_url: str) -> None:
         self.database_url = database_url
         self.pool: AsyncConnectionPool[Any] | None = None
+        self._opening = asyncio.Lock()
 
-    async def open(self) -> None:
-        self.pool = await open_async_pool(self.database_url, role=AUTH_ROLE, min_size=1,
-                                          max_size=4)
+    async def open(self) -> AsyncConnectionPool[Any]:
+        """The pool, opened on the first credential to check (the apps' own start-up hooks
+        stay theirs; a service nobody signs in to never opens it)."""
+        async with self._opening:
+            if self.pool is None:
+                self.pool = await open_async_pool(self.database_url, role=AUTH_ROLE,
+                                                  min_size=1, max_size=4)
+            return self.pool
 
     async def close(self) -> None:
         if self.pool is not None:
@@ -90,9 +97,8 @@ class CredentialCheck:
         return await self._one(USER_FOR_IDENTITY, (issuer, subject))
 
     async def _one(self, query: str, params: tuple[Any, ...]) -> uuid.UUID | None:
-        if self.pool is None:
-            raise RuntimeError("the credential check is not open")
-        async with self.pool.connection() as conn:
+        pool = self.pool or await self.open()
+        async with pool.connection() as conn:
             cur = await conn.execute(query, params)
             row = await cur.fetchone()
             await conn.rollback()

@@ -18,19 +18,15 @@ from services.http.metrics import MetricsMiddleware
 def http_layer(service: str, settings: Settings) -> dict[str, Any]:
     """Litestar(...) keyword arguments: middleware (outermost first: metrics, request ids,
     caller checks), the error handlers, the request class that explains bad bodies, and the
-    body size limit; and the credential check's pool, opened at start-up."""
-    credentials = CredentialCheck(settings.database_url)
-
-    async def start() -> None:
-        await credentials.open()
-        if user_header_trusted(settings):
-            structlog.get_logger("http.auth").warning(
-                "user_header_trusted", service=service,
-                detail="loopback only: a client may name the caller with X-User-ID (the "
-                       "seed's examples); any other bind refuses it")
+    body size limit; and the credential check's pool, closed at shutdown."""
+    credentials = CredentialCheck(settings.database_url)  # its pool opens on first use
+    if user_header_trusted(settings):
+        structlog.get_logger("http.auth").warning(
+            "user_header_trusted", service=service,
+            detail="loopback only: a client may name the caller with X-User-ID (the "
+                   "seed's examples); any other bind refuses it")
 
     return {
-        "on_startup": [start],
         "on_shutdown": [credentials.close],
         "middleware": [MetricsMiddleware(service), RequestContextMiddleware(),
                        CallerCheckMiddleware(settings, credentials)],
