@@ -113,7 +113,13 @@ def create_app(settings: Settings) -> Litestar:
         refine_components(app, {
             "PostChat": {"additional_properties": False, "properties": {"text": text}},
             "LegacyChat": {"properties": {"text": text}},  # ignores unknown fields
-            "RegisterUser": {"additional_properties": False},
+            "RegisterUser": {"additional_properties": False, "dependent_required": {
+                "password": ["email"]}, "properties": {"password": {
+                "min_length": 8, "max_length": 256}}},
+            "UpdateProfile": {"additional_properties": False},
+            "SignIn": {"additional_properties": False},
+            "ChangePassword": {"additional_properties": False},
+            "NewApiToken": {"additional_properties": False},
             "RenameSession": {"additional_properties": False, "properties": {"title": {
                 "min_length": 1, "max_length": MAX_TITLE_CHARS,
                 "pattern": STORABLE_TEXT_PATTERN}}},
