@@ -1,10 +1,8 @@
 // The reference UI: plain JS against the public API only (no build step, no CDN).
 // The live reply is read with fetch + a ReadableStream parser, not EventSource, because
-// EventSource cannot send the X-User-ID header.
+// EventSource cannot send the Last-Event-ID resume point we choose, nor our error handling.
 "use strict";
 
-const USERS_KEY = "chat.users";          // [{user_id, display_name, email}]
-const CURRENT_KEY = "chat.currentUser";  // user_id
 const PAGE = 50;                         // messages per page
 const SESSIONS_PAGE = 20;
 // `before=` a sequence number above every real one gives the newest page (keyset paging).
@@ -13,7 +11,8 @@ const NEWEST = String(Number.MAX_SAFE_INTEGER);
 const $ = (id) => document.getElementById(id);
 
 const state = {
-  user: null,          // user_id
+  user: null,          // user_id of the signed-in user (from the server)
+  me: null,            // their profile
   sessions: [],        // SessionSummary[] as listed, newest first
   nextCursor: null,
   current: null,       // session_id or null for a new chat
@@ -33,18 +32,20 @@ class ApiError extends Error {
   }
 }
 
-function headers(extra) {
+function headers(extra, method) {
   const h = { Accept: "application/json", ...extra };
-  if (state.user) h["X-User-ID"] = state.user;
+  const csrf = csrfToken();
+  if (csrf && method && method !== "GET") h["X-CSRF-Token"] = csrf;
   return h;
 }
 
-async function api(method, path, body) {
+async function api(method, path, body, extra) {
   let response;
   try {
     response = await fetch(path, {
       method,
-      headers: headers(body === undefined ? {} : { "Content-Type": "application/json" }),
+      headers: headers({ ...(body === undefined ? {} : { "Content-Type": "application/json" }),
+                         ...extra }, method),
       body: body === undefined ? undefined : JSON.stringify(body),
     });
   } catch (err) {
@@ -81,63 +82,130 @@ function guarded(action) {
   };
 }
 
-// ---- users ------------------------------------------------------------------------------
+// ---- account ----------------------------------------------------------------------------
+// Who is signed in is the server's session cookie (httpOnly: this script never sees it);
+// writes send the chat_csrf cookie's value back as X-CSRF-Token. There is no way to name
+// another user: the server takes the caller from the cookie.
 
-function knownUsers() {
-  try { return JSON.parse(localStorage.getItem(USERS_KEY) || "[]"); } catch { return []; }
+function csrfToken() {
+  const match = document.cookie.match(/(?:^|;\s*)chat_csrf=([^;]*)/);
+  return match ? decodeURIComponent(match[1]) : null;
 }
 
-function saveUsers(users) { localStorage.setItem(USERS_KEY, JSON.stringify(users)); }
-
-function renderUserPicker() {
-  const select = $("user-select");
-  select.replaceChildren();
-  for (const u of knownUsers()) {
-    const option = new Option(u.display_name || u.email || u.user_id, u.user_id);
-    option.selected = u.user_id === state.user;
-    select.add(option);
-  }
-  select.add(new Option("+ New user…", ""));
-  if (!state.user) select.value = "";
-  $("forget-user").disabled = !state.user;
-}
-
-async function chooseUser(userId) {
+async function showSignedIn(me) {
   stopStreaming();
-  state.user = userId || null;
-  if (state.user) localStorage.setItem(CURRENT_KEY, state.user);
-  else localStorage.removeItem(CURRENT_KEY);
-  renderUserPicker();
-  $("signup").hidden = Boolean(state.user);
-  $("app").hidden = !state.user;
+  state.user = me ? me.user_id : null;
+  state.me = me;
+  $("auth").hidden = Boolean(me);
+  $("app").hidden = !me;
+  $("account-bar").hidden = !me;
+  $("account").hidden = true;
+  $("whoami").textContent = me ? (me.display_name || me.email || "") : "";
   state.current = null;
   resetChat();
-  if (state.user) await loadSessions(true);
+  if (me) await loadSessions(true);
+}
+
+async function whoAmI() {
+  try {
+    return await api("GET", "/api/v1/users/me");
+  } catch (err) {
+    if (err.status === 401) return null;
+    throw err;
+  }
+}
+
+// "Sign in with …" when the server has an OpenID Connect provider.
+async function showOidc() {
+  const oidc = await api("GET", "/api/v1/auth/oidc");
+  if (!oidc.enabled) return;
+  $("oidc-link").textContent = `Sign in with ${oidc.name}`;
+  $("oidc").hidden = false;
+}
+
+async function signIn(event) {
+  const form = new FormData(event.target);
+  const signedIn = await api("POST", "/api/v1/auth/signin",
+                             { email: form.get("email"), password: form.get("password") });
+  event.target.reset();
+  clearError();
+  const me = await whoAmI();
+  await showSignedIn(me || { user_id: signedIn.user_id });
 }
 
 async function signUp(event) {
   const form = new FormData(event.target);
-  const body = { display_name: form.get("display_name") || null };
-  if (form.get("email")) body.email = form.get("email");
-  const previous = state.user;
-  state.user = null; // sign-up needs no user header
-  let created;
-  try {
-    created = await api("POST", "/api/v1/users", body);
-  } finally {
-    state.user = previous;
-  }
-  const users = knownUsers().filter((u) => u.user_id !== created.user_id);
-  users.push({ user_id: created.user_id, display_name: created.display_name, email: created.email });
-  saveUsers(users);
+  const body = { display_name: form.get("display_name") || null, email: form.get("email"),
+                 password: form.get("password") };
+  await api("POST", "/api/v1/users", body);
+  const signedIn = await api("POST", "/api/v1/auth/signin",
+                             { email: body.email, password: body.password });
   event.target.reset();
   clearError();
-  await chooseUser(created.user_id);
+  await showSignedIn({ user_id: signedIn.user_id, email: body.email,
+                       display_name: body.display_name });
 }
 
-function forgetUser() {
-  saveUsers(knownUsers().filter((u) => u.user_id !== state.user));
-  return chooseUser(null);
+async function signOut() {
+  await api("POST", "/api/v1/auth/signout");
+  await showSignedIn(null);
+}
+
+async function signOutEverywhere() {
+  await api("POST", "/api/v1/auth/signout-everywhere");
+  await showSignedIn(null);
+}
+
+function toggleAccount() {
+  const account = $("account");
+  account.hidden = !account.hidden;
+  if (!account.hidden && state.me) {
+    $("account-name").value = state.me.display_name || "";
+    $("account-avatar").value = state.me.avatar_url || "";
+  }
+}
+
+async function saveProfile(event) {
+  const form = new FormData(event.target);
+  const body = { display_name: form.get("display_name") || null };
+  if (form.get("avatar_url")) body.avatar_url = form.get("avatar_url");
+  await api("PATCH", "/api/v1/users/me", body);
+  state.me = { ...state.me, ...body };
+  $("whoami").textContent = state.me.display_name || state.me.email || "";
+  clearError();
+}
+
+async function changePassword(event) {
+  const form = new FormData(event.target);
+  await api("POST", "/api/v1/auth/password", {
+    current_password: form.get("current_password"), new_password: form.get("new_password") });
+  event.target.reset();
+  clearError();
+}
+
+async function createToken(event) {
+  const form = new FormData(event.target);
+  const created = await api("POST", "/api/v1/auth/tokens", { name: form.get("name") });
+  event.target.reset();
+  const item = document.createElement("li");
+  item.dataset.testid = "api-token";
+  const value = document.createElement("code");
+  value.textContent = `${created.name}: ${created.token}`;
+  const revoke = document.createElement("button");
+  revoke.type = "button";
+  revoke.textContent = "Revoke";
+  revoke.addEventListener("click", guarded(async () => {
+    await api("DELETE", `/api/v1/auth/tokens/${created.token_id}`);
+    item.remove();
+  }));
+  item.append(value, " ", revoke);
+  $("tokens").append(item);
+}
+
+async function deleteAccount() {
+  if (!window.confirm("Delete your account and every chat in it? This cannot be undone.")) return;
+  await api("DELETE", "/api/v1/users/me");
+  await showSignedIn(null);
 }
 
 // ---- sessions ---------------------------------------------------------------------------
@@ -444,9 +512,15 @@ async function stopReply() {
 
 function start() {
   $("error-close").addEventListener("click", clearError);
-  $("user-select").addEventListener("change", guarded((e) => chooseUser(e.target.value)));
-  $("forget-user").addEventListener("click", guarded(forgetUser));
+  $("signin-form").addEventListener("submit", guarded(signIn));
   $("signup-form").addEventListener("submit", guarded(signUp));
+  $("sign-out").addEventListener("click", guarded(signOut));
+  $("sign-out-everywhere").addEventListener("click", guarded(signOutEverywhere));
+  $("account-toggle").addEventListener("click", toggleAccount);
+  $("profile-form").addEventListener("submit", guarded(saveProfile));
+  $("password-form").addEventListener("submit", guarded(changePassword));
+  $("token-form").addEventListener("submit", guarded(createToken));
+  $("delete-account").addEventListener("click", guarded(deleteAccount));
   $("new-chat").addEventListener("click", newChat);
   $("more-sessions").addEventListener("click", guarded(() => loadSessions(false)));
   $("older").addEventListener("click", guarded(loadOlder));
@@ -457,9 +531,8 @@ function start() {
   $("text").addEventListener("keydown", (e) => {
     if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); $("composer").requestSubmit(); }
   });
-  const saved = localStorage.getItem(CURRENT_KEY);
-  const known = knownUsers().some((u) => u.user_id === saved);
-  guarded(() => chooseUser(known ? saved : null))();
+  guarded(async () => showSignedIn(await whoAmI()))();
+  guarded(showOidc)();
 }
 
 start();

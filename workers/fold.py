@@ -43,6 +43,9 @@ The rules (what the seed's tables say about each event):
   a taken message_id, or a turn_id that names no turn, refuses the event; an assistant
   message with a turn_id fills that turn's assistant_text (the last answer wins).
 - AssistantReplyFailed changes no row (the live stream told the client).
+- UserDeleted (after a SessionDeleted for each of the user's sessions) deletes the user's
+  remaining turns and sessions, the projects no one else is linked to, and the user with
+  its links; a missing user is a no-op. It is a round of its own.
 A refused event changes nothing; the caller retries or parks it.
 """
 
@@ -116,6 +119,8 @@ def needs(events: Iterable[ev.Event]) -> Needs:
                 n.projects.add(e.project_id)
             case ev.SessionRenamed() | ev.SessionArchived() | ev.SessionDeleted():
                 n.sessions.add(e.session_id)
+            case ev.UserDeleted():
+                n.users.add(e.user_id)
     return n
 
 
@@ -137,6 +142,7 @@ class Round:
 
     deleted_sessions: list[uuid.UUID] = field(default_factory=list)
     deleted_turns: list[uuid.UUID] = field(default_factory=list)  # legacy ones linked here
+    deleted_users: list[uuid.UUID] = field(default_factory=list)  # a round of their own
     users_updated: dict[uuid.UUID, Row] = field(default_factory=dict)
     users_new: dict[uuid.UUID, Row] = field(default_factory=dict)
     dossier_new: list[Row] = field(default_factory=list)
@@ -152,7 +158,8 @@ class Round:
     last_message_at: dict[uuid.UUID, dt.datetime] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
-        return any((self.deleted_sessions, self.deleted_turns, self.users_updated,
+        return any((self.deleted_sessions, self.deleted_turns, self.deleted_users,
+                    self.users_updated,
                     self.users_new, self.dossier_new, self.links_new, self.sessions_new,
                     self.sessions_updated, self.turns_new, self.turns_linked, self.messages,
                     self.answers))
@@ -180,6 +187,22 @@ class ReadModelFold:
         self.round = Round()
 
     # Users and projects --------------------------------------------------------------------
+
+    def _user_deleted(self, e: ev.UserDeleted, _at: dt.datetime) -> str | None:
+        # A round of its own, after everything before it: deletes go first in a round.
+        row = self.k.users.pop(e.user_id, None)
+        if row is None:
+            return None
+        if row[1] is not None:
+            self.emails.pop(row[1], None)
+        self.k.links = {link for link in self.k.links if link[0] != e.user_id}
+        for sid in [s for s, state in self.k.sessions.items() if state.user_id == e.user_id]:
+            del self.k.sessions[sid]
+        if self.round:
+            self._cut()
+        self.round.deleted_users.append(e.user_id)
+        self._cut()
+        return None
 
     def _user_registered(self, e: ev.UserRegistered, at: dt.datetime) -> str | None:
         if e.user_id in self.k.users:
@@ -364,4 +387,5 @@ _RULES: dict[type, Callable[[ReadModelFold, Any, dt.datetime], str | None]] = {
     ev.SessionArchived: ReadModelFold._session_archived,
     ev.SessionDeleted: ReadModelFold._session_deleted,
     ev.AssistantReplyFailed: lambda _fold, _e, _at: None,
+    ev.UserDeleted: ReadModelFold._user_deleted,
 }

@@ -165,8 +165,27 @@ def _run(conn: Conn, statement: str, rows: Sequence[Row]) -> None:
         conn.execute(statement, _columns(rows, statement.count("%s")))
 
 
+# UserDeleted: its sessions went with their SessionDeleted; what is left of the account:
+# its legacy turns, any session, the projects no one else is linked to, then the user (its
+# links and messages cascade).
+DELETE_USERS = (
+    "DELETE FROM turns WHERE user_id = ANY(%(users)s::uuid[])",
+    "DELETE FROM sessions WHERE user_id = ANY(%(users)s::uuid[])",
+    """DELETE FROM dossier d
+        WHERE d.project_id IN (SELECT project_id FROM user_projects
+                                WHERE user_id = ANY(%(users)s::uuid[]))
+          AND NOT EXISTS (SELECT 1 FROM user_projects l WHERE l.project_id = d.project_id
+                             AND l.user_id <> ALL(%(users)s::uuid[]))
+          AND NOT EXISTS (SELECT 1 FROM turns t WHERE t.project_id = d.project_id)""",
+    "DELETE FROM users WHERE user_id = ANY(%(users)s::uuid[])",
+)
+
+
 def write_round(conn: Conn, r: Round, insert: Insert) -> None:
     """Writes one round of the fold, in the order the fold assumes."""
+    if r.deleted_users:
+        for statement in DELETE_USERS:
+            conn.execute(statement, {"users": r.deleted_users})
     if r.deleted_sessions or r.deleted_turns:
         gone = {"sessions": r.deleted_sessions, "turns": r.deleted_turns}
         for statement in (UNLINK_MESSAGES, DELETE_MESSAGES, DELETE_TURNS, DELETE_SESSIONS):

@@ -27,7 +27,8 @@ publishes SessionDeleted it XDELs the session's earlier entries (their IDs are k
 the store), so the stream no longer holds the text; events published after the purge carry
 none. A consumer that already read the text keeps its copy: SessionDeleted is the contract
 telling it to erase that copy. (XDEL leaves IDs in consumer groups' pending lists; reading
-them back gives an entry without fields, which consumers acknowledge and skip.)
+them back gives an entry without fields, which consumers acknowledge and skip.) A deleted
+account likewise: publishing UserDeleted XDELs every other entry of the user's streams.
 
 Retention: XADD MAXLEN ~ STREAM_MAXLEN. A consumer that falls further behind catches up
 from the event store (read_all from a checkpoint) and then switches to the stream.
@@ -43,7 +44,7 @@ import psycopg
 import redis
 import structlog
 
-from services.core.events import AnyEvent, SessionDeleted, encode_event
+from services.core.events import AnyEvent, SessionDeleted, UserDeleted, encode_event
 from services.core.eventstore import RecordedEvent
 from services.core.settings import Settings
 from workers.follower import Follower, catch_up, follow_batch
@@ -60,6 +61,12 @@ _DUPLICATE = "equal or smaller than the target stream top item"
 SELECT_EARLIER_IDS = """
 SELECT txid::text || '-' || position FROM events
  WHERE stream_id = %s AND version < %s ORDER BY version
+"""
+# The entries a UserDeleted takes back: every other event of the streams the user owned.
+SELECT_OWNED_IDS = """
+SELECT e.txid::text || '-' || e.position
+  FROM event_streams s JOIN events e ON e.stream_id = s.stream_id
+ WHERE s.owner_id = %s AND e.position <> %s
 """
 SELECT_ENTRY_ID = "SELECT txid::text || '-' || position FROM events WHERE position = %s"
 
@@ -165,6 +172,11 @@ def publisher_follower(client: redis.Redis, key: str, *, batch_size: int = BATCH
                     SELECT_EARLIER_IDS, (recorded.stream_id, recorded.version))]
                 if earlier:
                     pipe.xdel(key, *earlier)
+            elif isinstance(recorded.event, UserDeleted):
+                owned = [r[0] for r in conn.execute(
+                    SELECT_OWNED_IDS, (recorded.event.user_id, recorded.position))]
+                if owned:
+                    pipe.xdel(key, *owned)
         duplicates = 0
         for result in pipe.execute(raise_on_error=False):
             if _is_duplicate(result):

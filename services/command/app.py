@@ -13,6 +13,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.params import HeaderParameter
 from psycopg_pool import AsyncConnectionPool
 
+from services.command.account_controller import AccountController, OidcController
 from services.command.auth import Caller, authenticate
 from services.command.controllers import (
     ChatController,
@@ -22,6 +23,7 @@ from services.command.controllers import (
 )
 from services.command.sessions import MAX_TITLE_CHARS
 from services.command.stop import StopController
+from services.command.throttle import SignInThrottle
 from services.core.apidoc import STORABLE_TEXT_PATTERN, refine_components
 from services.core.db import open_async_pool
 from services.core.health import health_controller
@@ -33,6 +35,7 @@ from services.http.auth import USER_HEADER, parse_user_id
 from services.http.context import RequestIds, request_ids
 from services.http.layer import api_description, http_layer
 from services.http.metrics import metrics_handler
+from services.http.oidc import oidc_provider
 
 # Add a controller here to serve it.
 CONTROLLERS: list[type[Controller]] = [
@@ -42,6 +45,8 @@ CONTROLLERS: list[type[Controller]] = [
     SessionController,
     StopController,
     LegacyChatController,
+    AccountController,
+    OidcController,
 ]
 
 
@@ -92,6 +97,8 @@ def create_app(settings: Settings) -> Litestar:
         # the wake-up travels on REDIS_URL's Redis, where the workers subscribe
         wake_redis = async_plain_redis(settings, app.state.redis)
         app.state.wake = Wake(wake_redis, settings)  # after each commit: "news"
+        app.state.sign_in_throttle = SignInThrottle(settings)
+        app.state.oidc = oidc_provider(settings)  # None: OpenID Connect is off
         try:
             yield
         finally:
@@ -106,7 +113,13 @@ def create_app(settings: Settings) -> Litestar:
         refine_components(app, {
             "PostChat": {"additional_properties": False, "properties": {"text": text}},
             "LegacyChat": {"properties": {"text": text}},  # ignores unknown fields
-            "RegisterUser": {"additional_properties": False},
+            "RegisterUser": {"additional_properties": False, "dependent_required": {
+                "password": ["email"]}, "properties": {"password": {
+                "min_length": 8, "max_length": 256}}},
+            "UpdateProfile": {"additional_properties": False},
+            "SignIn": {"additional_properties": False},
+            "ChangePassword": {"additional_properties": False},
+            "NewApiToken": {"additional_properties": False},
             "RenameSession": {"additional_properties": False, "properties": {"title": {
                 "min_length": 1, "max_length": MAX_TITLE_CHARS,
                 "pattern": STORABLE_TEXT_PATTERN}}},

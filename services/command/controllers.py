@@ -6,7 +6,7 @@ import uuid
 from typing import Any
 
 import structlog
-from litestar import Controller, Request, Response, delete, post, put
+from litestar import Controller, Request, Response, delete, patch, post, put
 from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
@@ -15,7 +15,7 @@ from litestar.status_codes import HTTP_202_ACCEPTED
 from psycopg_pool import AsyncConnectionPool
 from redis.exceptions import RedisError
 
-from services.command import chat, legacy, sessions, users
+from services.command import chat, erasure, legacy, sessions, users
 from services.command.auth import Caller, authenticate, verified
 from services.core.settings import Settings
 from services.core.wakeup import Wake
@@ -36,7 +36,7 @@ class UserController(Controller):
     path = "/api/v1/users"
     tags = ("users",)
 
-    @post("", operation_id="createUser", responses=error_responses(400, 409, 413))
+    @post("", operation_id="createUser", responses=error_responses(400, 409, 413, 422))
     async def create_user(
         self,
         data: JSONBody[users.RegisterUser],
@@ -44,8 +44,27 @@ class UserController(Controller):
         wake: NamedDependency[Wake],
         request_ids: NamedDependency[RequestIds],
     ) -> users.UserCreated:
-        """Registers a user; the server picks the id. The e-mail is unique in any case."""
+        """Registers a user; the server picks the id. The e-mail is unique in any case.
+        With a `password` (and an e-mail) the user can sign in (POST /api/v1/auth/signin)."""
         return await users.register_user(pool, wake, request_ids, data)
+
+    @delete("/me", operation_id="deleteMe", responses=error_responses(401, 403))
+    async def delete_me(self, claimed_caller: NamedDependency[Caller], state: State) -> None:
+        """Deletes the caller's account: every session, message and project link, the
+        profile and the credentials; docs/data-erasure.md says what is erased where."""
+        await erasure.delete_account(state.pool, state.redis, state.wake, state.settings,
+                                     claimed_caller)
+
+    @patch("/me", operation_id="updateMe", responses=error_responses(400, 401, 403))
+    async def update_me(
+        self,
+        data: JSONBody[users.UpdateProfile],
+        claimed_caller: NamedDependency[Caller],
+        pool: NamedDependency[AsyncConnectionPool[Any]],
+        wake: NamedDependency[Wake],
+    ) -> users.ProfileUpdated:
+        """Changes the caller's display name and/or avatar URL."""
+        return await users.update_profile(pool, wake, claimed_caller, data)
 
 
 class ChatController(Controller):

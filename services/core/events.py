@@ -34,6 +34,13 @@ class UserProfileUpdated(Event, tag="UserProfileUpdated", frozen=True):
     avatar_url: str | None = None
 
 
+class UserDeleted(Event, tag="UserDeleted", frozen=True):
+    """The account is erased: its sessions were deleted just before (SessionDeleted each),
+    and every earlier event of the user's streams lost its personal text."""
+
+    user_id: uuid.UUID
+
+
 class ProjectLinked(Event, tag="ProjectLinked", frozen=True):
     user_id: uuid.UUID
     project_id: uuid.UUID
@@ -100,6 +107,7 @@ AnyEvent = (
     | SessionArchived
     | SessionDeleted
     | AssistantReplyFailed
+    | UserDeleted
 )
 
 EVENT_TYPES: dict[str, type[Event]] = {

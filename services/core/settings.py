@@ -62,6 +62,22 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # did not sign. Set both behind the Python gateway, the first alone behind nginx.
     auth_jwt_secret: str = ""
     gateway_secret: str = ""
+    # Who may name the caller with a plain X-User-ID (the seed's contract): a client, only
+    # when this is on AND every bind is loopback (`make run`, the seed's examples); else a
+    # client-sent X-User-ID is refused (401 user_header_refused) and people sign in
+    # (services/http/credentials.py). AUTH_SESSION_HOURS: a browser session's lifetime.
+    allow_user_header: bool = True
+    auth_session_hours: float = 12.0
+    # OpenID Connect (services/http/oidc.py; empty issuer = off): "Sign in with <name>",
+    # and the provider's JWT access/ID tokens accepted as `Authorization: Bearer`.
+    # AUTH_OIDC_REDIRECT_URL is the public .../api/v1/auth/oidc/callback the provider
+    # redirects to (default: http://<host>:<port>/api/v1/auth/oidc/callback).
+    auth_oidc_issuer: str = ""
+    auth_oidc_client_id: str = ""
+    auth_oidc_client_secret: str = ""
+    auth_oidc_redirect_url: str = ""
+    auth_oidc_name: str = "OpenID Connect"
+    auth_oidc_algorithms: str = "RS256"
     # The services answer 431 past this many bytes of request headers (uvicorn sets none).
     max_header_bytes: int = 32 * 1024
     # Projection. Followers of the event store (projector, reply dispatcher) wake on the

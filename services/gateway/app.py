@@ -79,8 +79,15 @@ UPSTREAM_CONNECT_SECONDS = 10.0  # a new connection to a service
 UPSTREAM_POOL_TIMEOUT_SECONDS = 5.0  # waiting for one of the pool's connections
 
 
-def upstream_for(method: str, settings: Settings) -> str:
-    return settings.query_url if method in READ_METHODS else settings.command_url
+# Sign-in's redirects (OpenID Connect) are GETs that write: the command service's, whatever
+# the method.
+COMMAND_PREFIXES = ("/api/v1/auth/",)
+
+
+def upstream_for(method: str, settings: Settings, path: str = "") -> str:
+    if method in READ_METHODS and not path.startswith(COMMAND_PREFIXES):
+        return settings.query_url
+    return settings.command_url
 
 
 class Gateway:
@@ -153,6 +160,9 @@ class Gateway:
                         sock_read=read),
                     auto_decompress=False,
                     skip_auto_headers=NO_AUTO_HEADERS,
+                    # it relays Set-Cookie to the client and must never keep one itself (a
+                    # jar would send one user's session cookie with everyone's requests)
+                    cookie_jar=aiohttp.DummyCookieJar(),
                 )
                 self.redis = aioredis.Redis.from_url(
                     self.settings.redis_url, socket_connect_timeout=READY_TIMEOUT_SECONDS,
@@ -278,7 +288,8 @@ class Gateway:
         raw_path = scope["raw_path"]
         if scope["query_string"]:
             raw_path += b"?" + scope["query_string"]
-        url = URL(upstream_for(scope["method"], self.settings) + raw_path.decode("latin-1"),
+        url = URL(upstream_for(scope["method"], self.settings, scope["path"])
+                  + raw_path.decode("latin-1"),
                   encoded=True)  # the path goes on as the client wrote it
         headers = CIMultiDict((k.decode("latin-1"), v.decode("latin-1"))
                               for k, v in _upstream_headers(scope))
@@ -392,6 +403,8 @@ def _metrics_route(path: str, method: str) -> str:
         return path
     if method in READ_METHODS and (path == "/" or path.startswith(UI_PREFIX)):
         return "/ui"
+    if path.startswith(COMMAND_PREFIXES):
+        return "proxy:command"
     return "proxy:query" if method in READ_METHODS else "proxy:command"  # as upstream_for
 
 

@@ -1,9 +1,15 @@
 """Who is calling: one check in both services, whatever gateway routes the request (the
 Python one in `make run`, nginx in compose). The gateway only routes (and may sign).
 
+- Credentials (services/http/credentials.py): an API token (`Authorization: Bearer cst_...`)
+  or the browser session cookie (writes also need the CSRF header). A live one names the
+  caller: its user replaces any X-User-ID the client sent; a dead one is 401
+  `invalid_credential`, never a fall-back.
 - `X-User-ID` (the seed's contract): the caller's UUID. Missing → 401 `unauthenticated`, not
   a UUID → 400 `invalid_user_id`; whether it names a registered user each service checks
-  where it reads (401 `unknown_user`).
+  where it reads (401 `unknown_user`). A client may send it only on a loopback `make run`
+  (`allow_user_header`, and every bind loopback: the seed's own examples); anywhere else a
+  request with no credential and a client-sent X-User-ID is 401 `user_header_refused`.
 - Signed-token mode, `auth_jwt_secret` (HS256 key; empty = off): every route but signup
   (`POST /api/v1/users`) and the public ones needs `Authorization: Bearer <JWT>` (HS256,
   `sub` = the user's UUID, `exp` required); the caller is the token's `sub`, and any
@@ -23,9 +29,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import time
 import uuid
 from typing import Any, cast
+from urllib.parse import urlsplit
 
 import jwt
 import msgspec
@@ -34,8 +42,19 @@ from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, HTTPScope, Receive, Scope, Send
 
 from services.core.settings import Settings
+from services.http.credentials import (
+    API_TOKEN_KIND,
+    API_TOKEN_PREFIX,
+    CSRF_COOKIE,
+    CSRF_HEADER,
+    SESSION_COOKIE,
+    SESSION_KIND,
+    CredentialCheck,
+    cookies_of,
+)
 from services.http.errors import ApiError, error_body
 from services.http.paths import unsafe_path
+from services.http.oidc import oidc_provider
 
 USER_HEADER = "X-User-ID"
 PROOF_HEADER = "x-gateway-proof"
@@ -45,11 +64,19 @@ JWT_ALGORITHMS = ["HS256"]
 # Reached without a token (signup), and without a proof or token at all (probes, the OpenAPI
 # document the gateway merges, metrics scrapes).
 SIGNUP = ("POST", "/api/v1/users")
+SIGNIN = ("POST", "/api/v1/auth/signin")
+# Signing up or in needs no caller, and ignores any credential the browser still holds (a
+# cookie revoked by "sign out everywhere" must not stop the next sign-in).
+OPEN_ROUTES = (SIGNUP, SIGNIN, ("GET", "/api/v1/auth/oidc"), ("GET", "/api/v1/auth/oidc/start"),
+               ("GET", "/api/v1/auth/oidc/callback"))
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 PUBLIC_PATHS = ("/healthz", "/readyz", "/metrics")
 PUBLIC_PREFIXES = ("/schema",)
 _USER_HEADER_BYTES = USER_HEADER.lower().encode()
 _PROOF_HEADER_BYTES = PROOF_HEADER.encode()
 _AUTHORIZATION_BYTES = AUTHORIZATION_HEADER.encode()
+_COOKIE_BYTES = b"cookie"
+_CSRF_HEADER_BYTES = CSRF_HEADER.encode()
 
 
 # X-User-ID ------------------------------------------------------------------------------
@@ -134,10 +161,13 @@ class CallerCheckMiddleware(ASGIMiddleware):
 
     scopes = (ScopeType.HTTP,)
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, credentials: CredentialCheck) -> None:
         self.max_header_bytes = settings.max_header_bytes
         self.gateway_secret = settings.gateway_secret
         self.jwt_secret = settings.auth_jwt_secret
+        self.user_header_trusted = user_header_trusted(settings)
+        self.credentials = credentials
+        self.oidc = oidc_provider(settings)
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
         headers = list(scope["headers"])
@@ -157,12 +187,28 @@ class CallerCheckMiddleware(ASGIMiddleware):
         try:
             if self.gateway_secret:
                 self._check_proof(scope, method, headers)
-            if self.jwt_secret and (method, path) != SIGNUP:
-                scope["headers"] = self._user_from_token(headers)
+            if (method, path) in OPEN_ROUTES:
+                scope["headers"] = [(k, v) for k, v in headers
+                                    if k.lower() != _USER_HEADER_BYTES]
+            else:
+                await self._identify(scope, method, headers)
         except ApiError as refusal:
             await _refuse(send, refusal)
             return
         await next_app(scope, receive, send)
+
+    async def _identify(self, scope: Scope, method: str,
+                        headers: list[tuple[bytes, bytes]]) -> None:
+        """Sets X-User-ID in the scope from a credential (or the JWT mode), or leaves a
+        client's X-User-ID where it is trusted; ApiError otherwise."""
+        user_id = await self._user_from_credential(method, headers)
+        if user_id is not None:
+            scope["headers"] = _with_user(headers, user_id)
+        elif self.jwt_secret:
+            scope["headers"] = self._user_from_token(headers)
+        elif not self.user_header_trusted and _header(headers, _USER_HEADER_BYTES):
+            raise ApiError("user_header_refused", f"{USER_HEADER} from a client is "
+                           "refused here: sign in, or send an API token")
 
     def _check_proof(self, scope: Scope, method: str, headers: list[tuple[bytes, bytes]]) -> None:
         proofs = [v.decode("latin-1") for k, v in headers if k.lower() == _PROOF_HEADER_BYTES]
@@ -175,11 +221,83 @@ class CallerCheckMiddleware(ASGIMiddleware):
             raise ApiError("gateway_proof_required", "requests must come through the gateway")
 
     def _user_from_token(self, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-        authorization = next((v.decode("latin-1") for k, v in headers
-                              if k.lower() == _AUTHORIZATION_BYTES), None)
-        user_id = user_from_token(self.jwt_secret, authorization)
-        kept = [(k, v) for k, v in headers if k.lower() != _USER_HEADER_BYTES]
-        return [*kept, (_USER_HEADER_BYTES, user_id.encode())]
+        user_id = user_from_token(self.jwt_secret, _header(headers, _AUTHORIZATION_BYTES))
+        return _with_user(headers, user_id)
+
+    async def _user_from_credential(self, method: str,
+                                    headers: list[tuple[bytes, bytes]]) -> str | None:
+        """An API token or a session cookie, if the request carries one (then it must be
+        live: a dead one is 401, never a fall-back to X-User-ID); None without either."""
+        scheme, _, token = (_header(headers, _AUTHORIZATION_BYTES) or "").partition(" ")
+        token = token.strip()
+        if scheme.lower() == "bearer" and token.startswith(API_TOKEN_PREFIX):
+            return await self._live(token, API_TOKEN_KIND)
+        if scheme.lower() == "bearer" and self.oidc is not None and token and not (
+                self.jwt_secret and _jwt_alg(token).upper().startswith("HS")):
+            return await self._provider_user(token)
+        cookies = cookies_of(_header(headers, _COOKIE_BYTES))
+        session = cookies.get(SESSION_COOKIE)
+        if not session or scheme.lower() == "bearer":
+            return None
+        user_id = await self._live(session, SESSION_KIND)
+        if method not in SAFE_METHODS:
+            csrf = cookies.get(CSRF_COOKIE) or ""
+            if not csrf or not hmac.compare_digest(
+                    csrf.encode(), (_header(headers, _CSRF_HEADER_BYTES) or "").encode()):
+                raise ApiError("csrf_failed", f"a write with the session cookie needs the "
+                               f"{CSRF_HEADER} header equal to the {CSRF_COOKIE} cookie")
+        return user_id
+
+    async def _provider_user(self, token: str) -> str:
+        assert self.oidc is not None
+        claims = await self.oidc.verify(token)
+        user_id = await self.credentials.user_for_identity(self.oidc.issuer, str(claims["sub"]))
+        if user_id is None:
+            raise unknown_user()
+        return str(user_id)
+
+    async def _live(self, token: str, kind: str) -> str:
+        user_id = await self.credentials.user_for(token, kind)
+        if user_id is None:
+            raise ApiError("invalid_credential", "the credential is unknown, expired or "
+                           "revoked: sign in again")
+        return str(user_id)
+
+
+def user_header_trusted(settings: Settings) -> bool:
+    """A client may name the caller with X-User-ID only on a loopback `make run`."""
+    return settings.allow_user_header and all(
+        _is_loopback(host) for host in (settings.host, _host_of(settings.command_url),
+                                        _host_of(settings.query_url)))
+
+
+def _host_of(url: str) -> str:
+    return urlsplit(url).hostname or "" if url else "127.0.0.1"
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _jwt_alg(token: str) -> str:
+    try:
+        return str(jwt.get_unverified_header(token).get("alg", ""))
+    except jwt.InvalidTokenError:
+        return ""
+
+
+def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
+    return next((v.decode("latin-1") for k, v in headers if k.lower() == name), None)
+
+
+def _with_user(headers: list[tuple[bytes, bytes]], user_id: str) -> list[tuple[bytes, bytes]]:
+    kept = [(k, v) for k, v in headers if k.lower() != _USER_HEADER_BYTES]
+    return [*kept, (_USER_HEADER_BYTES, user_id.encode())]
 
 
 async def _refuse(send: Send, refusal: ApiError) -> None:

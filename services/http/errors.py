@@ -61,8 +61,17 @@ ERRORS: dict[str, ErrorCode] = {
     "invalid_token": ErrorCode(401, "Signed-token mode: the token is not valid (signature, "
                                     "algorithm, claims)."),
     "token_expired": ErrorCode(401, "Signed-token mode: the token has expired."),
+    "invalid_credential": ErrorCode(401, "The session cookie or API token is unknown, expired "
+                                         "or revoked (signed out)."),
+    "sign_in_failed": ErrorCode(401, "No account with that e-mail and password (the same "
+                                     "answer for both)."),
+    "user_header_refused": ErrorCode(401, "X-User-ID from a client is refused here (not a "
+                                          "loopback `make run`): sign in instead."),
     "gateway_proof_required": ErrorCode(401, "The request did not come through the gateway "
                                              "(GATEWAY_SECRET is set)."),
+    # 403: who is calling is known, the request is not allowed.
+    "csrf_failed": ErrorCode(403, "A cookie-authenticated write without the X-CSRF-Token "
+                                  "header matching the chat_csrf cookie."),
     # 404: nothing there for this caller; another user's resource looks exactly the same.
     "not_found": ErrorCode(404, "No such route or file."),
     "session_not_found": ErrorCode(404, "No such session for this user."),
@@ -73,6 +82,8 @@ ERRORS: dict[str, ErrorCode] = {
                                            "/api/v1/chat."),
     "method_not_allowed": ErrorCode(405, "The path exists, not with this method (see Allow)."),
     # 409: the state changed under the request.
+    "weak_password": ErrorCode(422, "The password is under 8 characters, over 256, or one of "
+                                    "the most common passwords."),
     "email_taken": ErrorCode(409, "That e-mail address is already registered."),
     "concurrent_update": ErrorCode(409, "The session changed too often while writing; retry."),
     "reply_in_progress": ErrorCode(409, "The session's last message is still being answered: "
@@ -88,6 +99,8 @@ ERRORS: dict[str, ErrorCode] = {
                                                "MAX_PENDING_REPLIES_PER_USER replies."),
     "token_budget_spent": ErrorCode(429, "The caller's DAILY_TOKEN_BUDGET is spent until UTC "
                                          "midnight (Retry-After)."),
+    "too_many_attempts": ErrorCode(429, "Too many sign-in attempts for this account or from "
+                                        "this address; retry after Retry-After seconds."),
     "headers_too_large": ErrorCode(431, "The request headers are over MAX_HEADER_BYTES."),
     # 5xx: ours; retry later. The log line with the same request id says more.
     "internal_error": ErrorCode(500, "An unexpected error."),
@@ -159,7 +172,10 @@ def _response(status: int, code: str, detail: str, extra: Mapping[str, Any] | No
 
 
 def api_error(_: Request[Any, Any, Any], exc: ApiError) -> Response[dict[str, Any]]:
-    headers = None if exc.retry_after is None else {"Retry-After": str(exc.retry_after)}
+    headers = None
+    retry = exc.retry_after if exc.retry_after is not None else exc.extra.get("retry_after")
+    if retry is not None:  # a 429's (or 503's) seconds, also as the standard header
+        headers = {"Retry-After": str(retry)}
     return _response(exc.status_code, exc.code, exc.detail, exc.extra, headers)
 
 

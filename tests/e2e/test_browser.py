@@ -22,6 +22,7 @@ CHROMIUM_ARGS = [
     "--disable-component-update", "--disable-sync", "--no-first-run",
 ]
 TIMEOUT_MS = 30_000
+PASSWORD = "a long browser passphrase"
 WATCH_PARTIAL_REPLY = """
 window.__partials = [];
 new MutationObserver(() => {
@@ -92,12 +93,15 @@ def test_a_user_chats_renames_reloads_and_deletes(page: object) -> None:
     page.add_init_script(WATCH_PARTIAL_REPLY)
     page.goto("/")
 
-    # Sign up: the first visit knows no user.
-    expect(page.get_by_test_id("signup")).to_be_visible()
+    # Sign up (and so in): the first visit is signed out.
+    expect(page.get_by_test_id("auth")).to_be_visible()
+    email = f"tester-{time.time_ns()}@example.com"
     page.get_by_test_id("signup-name").fill("Browser tester")
+    page.get_by_test_id("signup-email").fill(email)
+    page.get_by_test_id("signup-password").fill(PASSWORD)
     page.get_by_test_id("signup-submit").click()
     expect(page.get_by_test_id("new-chat")).to_be_visible()
-    expect(page.get_by_test_id("user-select")).to_contain_text("Browser tester")
+    expect(page.get_by_test_id("whoami")).to_contain_text("Browser tester")
 
     # Chat: the reply is seen while it is being written, then complete.
     page.get_by_test_id("composer").fill("I want to write a horror story")
@@ -150,18 +154,29 @@ def test_a_user_chats_renames_reloads_and_deletes(page: object) -> None:
     expect(page.get_by_test_id("new-chat")).to_be_visible()
     expect(page.get_by_test_id("error")).to_be_hidden()
 
+    # Sign out: the cookie no longer names anyone, even after a reload; sign in again.
+    page.get_by_test_id("sign-out").click()
+    expect(page.get_by_test_id("auth")).to_be_visible()
+    page.reload()
+    expect(page.get_by_test_id("auth")).to_be_visible()
+    expect(page.get_by_test_id("new-chat")).to_be_hidden()
+    page.get_by_test_id("signin-email").fill(email)
+    page.get_by_test_id("signin-password").fill(PASSWORD)
+    page.get_by_test_id("signin-submit").click()
+    expect(page.get_by_test_id("whoami")).to_contain_text("Browser tester")
+    expect(page.get_by_test_id("new-chat")).to_be_visible()
+    expect(page.get_by_test_id("error")).to_be_hidden()
+
 
 def test_a_failing_call_shows_a_clear_message(page: object) -> None:
     from playwright.sync_api import Page, expect
 
     assert isinstance(page, Page)
-    # A stored user id that is not a UUID (a hand-edited localStorage): the API refuses it.
-    page.add_init_script("""
-        localStorage.setItem('chat.users', JSON.stringify(
-            [{user_id: 'not-a-user-id', display_name: 'Broken'}]));
-        localStorage.setItem('chat.currentUser', 'not-a-user-id');
-    """)
+    # A sign-in the API refuses (no such account).
     page.goto("/")
+    page.get_by_test_id("signin-email").fill("nobody@example.com")
+    page.get_by_test_id("signin-password").fill("not the password")
+    page.get_by_test_id("signin-submit").click()
     error = page.get_by_test_id("error")
     expect(error).to_be_visible()
     expect(error).to_contain_text(re.compile(r"\w{3,}"))

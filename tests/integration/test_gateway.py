@@ -199,7 +199,7 @@ def test_writes_go_to_the_command_service_and_the_legacy_chat_too(
     ("GET", "/api/v1/chat", "POST"),
     ("GET", "/api/v1/users", "POST"),
     ("GET", "/chat", "POST"),
-    ("PUT", "/api/v1/users/me", "GET"),
+    ("PUT", "/api/v1/users/me", "DELETE, GET, PATCH"),
     ("POST", f"/api/v1/sessions/{uuid.uuid4()}/messages", "GET"),
     ("GET", f"/api/v1/sessions/{uuid.uuid4()}", "DELETE"),
     ("TRACE", "/readyz", "GET"),

@@ -42,6 +42,7 @@ EXAMPLES: list[Event] = [
     ev.SessionRenamed(session_id=U3, title="Renamed", redacted=True),
     ev.SessionArchived(session_id=U3),
     ev.SessionDeleted(session_id=U3),
+    ev.UserDeleted(user_id=U1),
     ev.AssistantReplyFailed(
         session_id=U3, turn_id=U2, reply_to=U4, error="timeout", metadata={"provider": "x"}
     ),
