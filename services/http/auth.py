@@ -53,8 +53,8 @@ from services.http.credentials import (
     cookies_of,
 )
 from services.http.errors import ApiError, error_body
-from services.http.paths import unsafe_path
 from services.http.oidc import oidc_provider
+from services.http.paths import unsafe_path
 
 USER_HEADER = "X-User-ID"
 PROOF_HEADER = "x-gateway-proof"
