@@ -10,6 +10,7 @@ from litestar import Controller, Litestar
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import OpenAPIType, Schema
 from litestar.params import HeaderParameter
 from psycopg_pool import AsyncConnectionPool
 
@@ -113,8 +114,11 @@ def create_app(settings: Settings) -> Litestar:
         refine_components(app, {
             "PostChat": {"additional_properties": False, "properties": {"text": text}},
             "LegacyChat": {"properties": {"text": text}},  # ignores unknown fields
+            # a password needs an e-mail to sign in with: present, and not null
             "RegisterUser": {"additional_properties": False, "dependent_required": {
-                "password": ["email"]}, "properties": {"password": {
+                "password": ["email"]}, "dependent_schemas": {"password": Schema(
+                    properties={"email": Schema(type=OpenAPIType.STRING)})},
+                "properties": {"password": {
                 "min_length": 8, "max_length": 256}}},
             "UpdateProfile": {"additional_properties": False},
             "SignIn": {"additional_properties": False},

@@ -85,6 +85,8 @@ ERRORS: dict[str, ErrorCode] = {
     "weak_password": ErrorCode(422, "The password is under 8 characters, over 256, or one of "
                                     "the most common passwords."),
     "email_taken": ErrorCode(409, "That e-mail address is already registered."),
+    "unknown_position": ErrorCode(409, "min_position / X-Min-Position is beyond the last "
+                                       "event written: no write of the caller's has it."),
     "concurrent_update": ErrorCode(409, "The session changed too often while writing; retry."),
     "reply_in_progress": ErrorCode(409, "The session's last message is still being answered: "
                                         "post after its reply (Retry-After)."),

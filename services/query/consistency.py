@@ -50,7 +50,8 @@ def parse_min_position(header: str | None, query: str | None) -> int | None:
 
 async def check_before_waiting(pool: AsyncConnectionPool, user_id: UUID, position: int) -> None:
     """Before any wait: the caller must be a registered user (in the event store: the read
-    model may not have it yet), 401 otherwise, and the position must exist, 400 otherwise.
+    model may not have it yet), 401 otherwise, and the position must exist, 409 otherwise
+    (the request is well-formed: the store has just not got there).
     Nobody can then hold a request (and its polls) for the wait bound for nothing."""
     async with pool.connection() as conn:
         cur = await conn.execute(READ_YOUR_WRITES_CHECK, (user_id, position))
@@ -59,7 +60,7 @@ async def check_before_waiting(pool: AsyncConnectionPool, user_id: UUID, positio
     if not user_known and not await _in_read_model(pool, user_id):
         raise unknown_user()  # users seeded straight into the read model are known too
     if not position_exists:
-        raise ApiError("invalid_min_position", "min_position is beyond the last event")
+        raise ApiError("unknown_position", "min_position is beyond the last event")
 
 
 async def _in_read_model(pool: AsyncConnectionPool, user_id: UUID) -> bool:

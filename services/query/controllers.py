@@ -32,7 +32,7 @@ class SessionsController(Controller):
     security = CALLER_SECURITY
     response_headers = (LAG_RESPONSE_HEADER,)
 
-    @get("/", operation_id="listSessions", responses=error_responses(400, 401))
+    @get("/", operation_id="listSessions", responses=error_responses(400, 401, 409))
     async def list_sessions(
         self,
         reader: NamedDependency[Reader],
@@ -55,7 +55,7 @@ class SessionsController(Controller):
     @get(
         "/{session_id:str}/messages",
         operation_id="listSessionMessages",
-        responses=error_responses(400, 401, 404),
+        responses=error_responses(400, 401, 404, 409),
     )
     async def list_messages(
         self,
@@ -119,7 +119,7 @@ class UsersController(Controller):
     security = CALLER_SECURITY
     response_headers = (LAG_RESPONSE_HEADER,)
 
-    @get("/me", operation_id="getCurrentUser", responses=error_responses(400, 401))
+    @get("/me", operation_id="getCurrentUser", responses=error_responses(400, 401, 409))
     async def me(self, reader: NamedDependency[Reader], state: State) -> Response[UserProfile]:
         """The caller's profile, with today's token usage against the daily budget."""
         return reader.respond(await with_usage(reader.user, state))

@@ -602,8 +602,8 @@ def test_min_position_not_yet_projected_waits_then_flags_the_lag(
         # a position beyond the store's end is refused at once, never waited for
         started = time.monotonic()
         r = c.get("/api/v1/users/me", headers={"X-Min-Position": str(position + 10**6)})
-        assert r.status_code == 400, r.text
-        assert r.json()["error"] == "invalid_min_position"
+        assert r.status_code == 409, r.text
+        assert r.json()["error"] == "unknown_position"
         assert time.monotonic() - started < settings.min_position_wait_seconds * 4
     # an unknown caller is refused before any wait
     with client(serve_app(create_app(msgspec.structs.replace(
