@@ -33,9 +33,11 @@ The rules (what the seed's tables say about each event):
   unknown owner refuses it. ProjectLinked links once (again: a no-op); an unknown user or
   project refuses it.
 - SessionStarted inserts the session; a taken id, an unknown user or project refuses it.
-  SessionRenamed / SessionArchived set title / is_active and updated_at (no-op when the
-  session is gone). SessionDeleted deletes the session, its messages and its turns; other
-  sessions' messages that named one of those turns keep the message with turn_id NULL.
+  SessionRenamed / SessionArchived / SessionUnarchived set title / is_active and updated_at
+  (no-op when the session is gone); a user message to an archived session makes it active
+  again (is_active, updated_at), as ChatGPT does. SessionDeleted deletes the session, its
+  messages and its turns; other sessions' messages that named one of those turns keep the
+  message with turn_id NULL.
 - MessagePosted to a session that does not exist is dropped, except that an assistant
   message still answers its turn. Otherwise: a user message with a turn_id inserts the turn,
   or links a legacy turn (one with no session: it becomes exactly the fresh row), or leaves
@@ -115,6 +117,9 @@ def needs(events: Iterable[ev.Event]) -> Needs:
                 n.users.add(e.user_id)
                 n.projects.add(e.project_id)
             case ev.SessionRenamed() | ev.SessionArchived() | ev.SessionDeleted():
+                n.sessions.add(e.session_id)
+            # issue 17
+            case ev.SessionUnarchived():
                 n.sessions.add(e.session_id)
     return n
 
@@ -253,17 +258,18 @@ class ReadModelFold:
         return None
 
     def _session_changed(self, sid: uuid.UUID, at: dt.datetime, title: str | None,
-                         archived: bool) -> None:
+                         archived: bool | None) -> None:
+        """archived None: a rename (title); True/False: an archive/unarchive."""
         s = self.k.sessions.get(sid)
         if s is None:
             return  # no row to update
         last = self.round.last_message_at.get(sid)
         if last is not None and last > at:
             self._cut()  # the trigger must see this round's messages before the change
-        if archived:
-            s.is_active = False
-        else:
+        if archived is None:
             s.title = title
+        else:
+            s.is_active = not archived
         new = self.round.sessions_new.get(sid)
         if new is not None:
             new[3], new[5], new[7] = s.title, at, s.is_active
@@ -271,7 +277,7 @@ class ReadModelFold:
             self.round.sessions_updated[sid] = [sid, s.title, s.is_active, at]
 
     def _session_renamed(self, e: ev.SessionRenamed, at: dt.datetime) -> str | None:
-        self._session_changed(e.session_id, at, e.title, archived=False)
+        self._session_changed(e.session_id, at, e.title, archived=None)
         return None
 
     def _session_archived(self, e: ev.SessionArchived, at: dt.datetime) -> str | None:
@@ -341,6 +347,8 @@ class ReadModelFold:
             r.last_message_at[sid] = at
         if turn is not None and e.role == "assistant":
             self._answer(turn, e.content)
+        if not s.is_active and e.role == "user":
+            self._unarchive(sid, s, at)  # issue 17: continuing a session unarchives it
         return None
 
     def _answer(self, turn: uuid.UUID, content: str) -> None:
@@ -349,6 +357,26 @@ class ReadModelFold:
             pending[TURN_ANSWER] = content
         elif turn in self.k.turns:
             self.round.answers[turn] = content
+
+    # Issue 17: archive ----------------------------------------------------------------------
+
+    def _session_unarchived(self, e: ev.SessionUnarchived, at: dt.datetime) -> str | None:
+        self._session_changed(e.session_id, at, None, archived=False)
+        return None
+
+    def _unarchive(self, sid: uuid.UUID, s: SessionState, at: dt.datetime) -> None:
+        """A user message to an archived session: active again. Written before the round's
+        messages, whose trigger then moves updated_at on to the newest message."""
+        s.is_active = True
+        new = self.round.sessions_new.get(sid)
+        if new is not None:
+            new[7] = True
+            return
+        pending = self.round.sessions_updated.get(sid)
+        if pending is not None:
+            pending[2] = True
+        else:
+            self.round.sessions_updated[sid] = [sid, s.title, True, at]
 
 
 # Unbound, at module level: a dict of bound methods on the instance would be a reference
@@ -364,4 +392,6 @@ _RULES: dict[type, Callable[[ReadModelFold, Any, dt.datetime], str | None]] = {
     ev.SessionArchived: ReadModelFold._session_archived,
     ev.SessionDeleted: ReadModelFold._session_deleted,
     ev.AssistantReplyFailed: lambda _fold, _e, _at: None,
+    # issue 17
+    ev.SessionUnarchived: ReadModelFold._session_unarchived,
 }

@@ -124,6 +124,31 @@ class SessionController(Controller):
         """Deletes a session and erases what was written in it from the event store."""
         await sessions.delete_session(pool, wake, caller, session_id)
 
+    @post("/archive", operation_id="archiveSession", status_code=204,
+          responses=error_responses(400, 401, 404, 409))
+    async def archive_session(
+        self,
+        session_id: FromPath[uuid.UUID],
+        pool: NamedDependency[AsyncConnectionPool[Any]],
+        wake: NamedDependency[Wake],
+        caller: NamedDependency[Caller],
+    ) -> None:
+        """Archives a session: the list hides it unless `?archived=true`; its messages stay,
+        and posting to it makes it active again."""
+        await sessions.set_archived(pool, wake, caller, session_id, archived=True)
+
+    @post("/unarchive", operation_id="unarchiveSession", status_code=204,
+          responses=error_responses(400, 401, 404, 409))
+    async def unarchive_session(
+        self,
+        session_id: FromPath[uuid.UUID],
+        pool: NamedDependency[AsyncConnectionPool[Any]],
+        wake: NamedDependency[Wake],
+        caller: NamedDependency[Caller],
+    ) -> None:
+        """Makes an archived session active again (a no-op for an active one)."""
+        await sessions.set_archived(pool, wake, caller, session_id, archived=False)
+
 
 class LegacyChatController(Controller):
     """The pre-session endpoint, kept for old clients (services/command/legacy.py)."""

@@ -81,6 +81,12 @@ class SessionDeleted(Event, tag="SessionDeleted", frozen=True):
     session_id: uuid.UUID
 
 
+# --- issue 17: archive and projects -------------------------------------------------------
+class SessionUnarchived(Event, tag="SessionUnarchived", frozen=True):
+    session_id: uuid.UUID
+# --- end issue 17 --------------------------------------------------------------------------
+
+
 class AssistantReplyFailed(Event, tag="AssistantReplyFailed", frozen=True):
     session_id: uuid.UUID
     turn_id: uuid.UUID | None = None
@@ -100,6 +106,8 @@ AnyEvent = (
     | SessionArchived
     | SessionDeleted
     | AssistantReplyFailed
+    # issue 17
+    | SessionUnarchived
 )
 
 EVENT_TYPES: dict[str, type[Event]] = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Annotated
+from uuid import UUID
 
 from litestar import Controller, Response, get
 from litestar.datastructures import ResponseHeader
@@ -46,10 +47,20 @@ class SessionsController(Controller):
                 schema_extra=sessions.CURSOR_SCHEMA,
             ),
         ] = None,
+        archived: Annotated[
+            bool,
+            QueryParameter(description="true: the archived sessions instead of the active ones."),
+        ] = False,
+        project_id: Annotated[
+            UUID | None,
+            QueryParameter(description="Only the sessions of this project (one of the caller's)."),
+        ] = None,
     ) -> Response[sessions.SessionPage]:
-        """The caller's sessions, newest activity first."""
+        """The caller's sessions, newest activity first: the active ones, or the archived
+        ones with `?archived=true`; of one project with `?project_id=`."""
         cursor = sessions.decode_cursor(before) if before is not None else None
-        page = await sessions.list_sessions(reader.conn, reader.user.user_id, limit, cursor)
+        page = await sessions.list_sessions(reader.conn, reader.user.user_id, limit, cursor,
+                                            archived=archived, project_id=project_id)
         return reader.respond(page)
 
     @get(

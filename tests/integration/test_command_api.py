@@ -667,4 +667,6 @@ def test_the_openapi_document_lists_every_route_with_its_operation_id(base_url: 
         ("/api/v1/chat", "post"): "postChat",
         ("/api/v1/sessions/{session_id}/title", "put"): "renameSession",
         ("/api/v1/sessions/{session_id}", "delete"): "deleteSession",
+        ("/api/v1/sessions/{session_id}/archive", "post"): "archiveSession",
+        ("/api/v1/sessions/{session_id}/unarchive", "post"): "unarchiveSession",
     }.items()

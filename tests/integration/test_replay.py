@@ -117,10 +117,14 @@ class Workload:
                 session = self.rng.choice(list(self.sessions))
                 self._append(ev.session_stream(session), [ev.SessionRenamed(
                     session_id=session, title=f"renamed {self.rng.random():.3f}")])
-            elif r < 0.90:
+            elif r < 0.88:
                 session = self.rng.choice(list(self.sessions))
                 self._append(ev.session_stream(session),
                              [ev.SessionArchived(session_id=session)])
+            elif r < 0.90:  # issue 17 (a later user message unarchives too)
+                session = self.rng.choice(list(self.sessions))
+                self._append(ev.session_stream(session),
+                             [ev.SessionUnarchived(session_id=session)])
             elif r < 0.93:
                 session = self.rng.choice(list(self.sessions))
                 self._append(ev.session_stream(session), [ev.AssistantReplyFailed(
@@ -534,6 +538,9 @@ def test_the_bulk_build_equals_the_live_projection_on_random_events(
         work.sessions[session] = owner
         work.open_turns[session] = []
     work.run(800)
+    with conn.transaction():  # user messages unarchive: some sessions end archived for sure
+        for session in list(work.sessions)[:3]:
+            work._append(ev.session_stream(session), [ev.SessionArchived(session_id=session)])
     # the rebuild copies the legacy turns before either side links them
     replay.prepare(conn, replay.READ_MODEL)
 

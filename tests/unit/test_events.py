@@ -45,6 +45,8 @@ EXAMPLES: list[Event] = [
     ev.AssistantReplyFailed(
         session_id=U3, turn_id=U2, reply_to=U4, error="timeout", metadata={"provider": "x"}
     ),
+    # issue 17
+    ev.SessionUnarchived(session_id=U3),
 ]
 
 

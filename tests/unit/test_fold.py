@@ -86,3 +86,40 @@ def test_a_refused_event_changes_nothing() -> None:
     (changes,) = fold.rounds()
     assert len(changes.messages[session]) == 1
     assert known.sessions[session].last_seq == 6
+
+
+# --- issue 17: archive --------------------------------------------------------------------
+
+
+def test_archive_and_unarchive_set_is_active() -> None:
+    known, _user, session = session_known()
+    fold = ReadModelFold(known)
+    fold.apply(ev.SessionArchived(session_id=session), at(1))
+    (changes,) = fold.rounds()
+    assert changes.sessions_updated[session] == [session, "t", False, at(1)]
+    fold = ReadModelFold(known)
+    fold.apply(ev.SessionUnarchived(session_id=session), at(2))
+    (changes,) = fold.rounds()
+    assert changes.sessions_updated[session] == [session, "t", True, at(2)]
+
+
+def test_a_user_message_to_an_archived_session_unarchives_it() -> None:
+    known, user, session = session_known()
+    known.sessions[session].is_active = False
+    fold = ReadModelFold(known)
+    fold.apply(message(session, user, role="assistant"), at(1))
+    assert not fold.rounds()[0].sessions_updated  # an assistant reply leaves it archived
+    fold = ReadModelFold(known)
+    fold.apply(message(session, user), at(2))
+    (changes,) = fold.rounds()
+    assert changes.sessions_updated[session][2] is True
+    assert known.sessions[session].is_active
+
+
+def test_archiving_and_posting_in_one_round_leave_the_session_active() -> None:
+    known, user, session = session_known()
+    fold = ReadModelFold(known)
+    fold.apply(ev.SessionArchived(session_id=session), at(1))
+    fold.apply(message(session, user), at(2))
+    (changes,) = fold.rounds()
+    assert changes.sessions_updated[session][2] is True
