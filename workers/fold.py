@@ -34,7 +34,10 @@ The rules (what the seed's tables say about each event):
   project refuses it.
 - SessionStarted inserts the session; a taken id, an unknown user or project refuses it.
   SessionRenamed / SessionArchived / SessionUnarchived set title / is_active and updated_at
-  (no-op when the session is gone); a user message to an archived session makes it active
+  (no-op when the session is gone); SessionMoved sets project_id and updated_at (an unknown
+  project refuses it; the session's turns keep the project they were asked in);
+  ProjectRenamed sets the dossier row's title (and description when given) and updated_at;
+  a user message to an archived session makes it active
   again (is_active, updated_at), as ChatGPT does. SessionDeleted deletes the session, its
   messages and its turns; other sessions' messages that named one of those turns keep the
   message with turn_id NULL.
@@ -121,6 +124,11 @@ def needs(events: Iterable[ev.Event]) -> Needs:
             # issue 17
             case ev.SessionUnarchived():
                 n.sessions.add(e.session_id)
+            case ev.ProjectRenamed():
+                n.projects.add(e.project_id)
+            case ev.SessionMoved():
+                n.sessions.add(e.session_id)
+                n.projects.add(e.project_id)
     return n
 
 
@@ -152,6 +160,9 @@ class Round:
     turns_linked: dict[uuid.UUID, Row] = field(default_factory=dict)
     messages: dict[uuid.UUID, list[Row]] = field(default_factory=dict)  # by session
     answers: dict[uuid.UUID, str] = field(default_factory=dict)  # turns already written
+    # issue 17, written after sessions_updated
+    projects_updated: dict[uuid.UUID, Row] = field(default_factory=dict)
+    sessions_moved: dict[uuid.UUID, Row] = field(default_factory=dict)
     # the fold's bookkeeping, not written
     cross_refs: dict[uuid.UUID, list[Row]] = field(default_factory=dict)  # another's turn
     last_message_at: dict[uuid.UUID, dt.datetime] = field(default_factory=dict)
@@ -160,7 +171,7 @@ class Round:
         return any((self.deleted_sessions, self.deleted_turns, self.users_updated,
                     self.users_new, self.dossier_new, self.links_new, self.sessions_new,
                     self.sessions_updated, self.turns_new, self.turns_linked, self.messages,
-                    self.answers))
+                    self.answers, self.projects_updated, self.sessions_moved))
 
 
 class ReadModelFold:
@@ -227,7 +238,7 @@ class ReadModelFold:
             return f"user {e.owner_id} does not exist"
         self.k.projects.add(e.project_id)
         self.k.links.add((e.owner_id, e.project_id))
-        self.round.dossier_new.append([e.project_id, e.title or None, at, at])
+        self.round.dossier_new.append([e.project_id, e.title or None, at, at, e.description])
         self.round.links_new.append([e.owner_id, e.project_id, at])
         return None
 
@@ -264,8 +275,10 @@ class ReadModelFold:
         if s is None:
             return  # no row to update
         last = self.round.last_message_at.get(sid)
-        if last is not None and last > at:
-            self._cut()  # the trigger must see this round's messages before the change
+        if (last is not None and last > at) or sid in self.round.sessions_moved:
+            # the trigger must see this round's messages before the change (and a move,
+            # written after the round's session updates, must come before it)
+            self._cut()
         if archived is None:
             s.title = title
         else:
@@ -378,6 +391,42 @@ class ReadModelFold:
         else:
             self.round.sessions_updated[sid] = [sid, s.title, True, at]
 
+    # Issue 17: projects ---------------------------------------------------------------------
+
+    def _project_renamed(self, e: ev.ProjectRenamed, at: dt.datetime) -> str | None:
+        pid = e.project_id
+        if pid not in self.k.projects:
+            return None  # no row to update
+        for row in self.round.dossier_new:
+            if row[0] == pid:
+                row[1], row[3] = e.title or None, at
+                if e.description is not None:
+                    row[4] = e.description
+                return None
+        pending = self.round.projects_updated.get(pid)
+        description = e.description if e.description is not None else (
+            pending[2] if pending is not None else None)
+        self.round.projects_updated[pid] = [pid, e.title or None, description, at]
+        return None
+
+    def _session_moved(self, e: ev.SessionMoved, at: dt.datetime) -> str | None:
+        sid = e.session_id
+        s = self.k.sessions.get(sid)
+        if s is None:
+            return None  # no row to update
+        if e.project_id not in self.k.projects:
+            return f"project {e.project_id} does not exist"
+        last = self.round.last_message_at.get(sid)
+        if last is not None and last > at:
+            self._cut()  # as for a rename: the trigger's updated_at must not win
+        s.project_id = e.project_id
+        new = self.round.sessions_new.get(sid)
+        if new is not None:
+            new[2], new[5] = e.project_id, at
+        else:
+            self.round.sessions_moved[sid] = [sid, e.project_id, at]
+        return None
+
 
 # Unbound, at module level: a dict of bound methods on the instance would be a reference
 # cycle, and the replay folds with the cyclic garbage collector off.
@@ -394,4 +443,6 @@ _RULES: dict[type, Callable[[ReadModelFold, Any, dt.datetime], str | None]] = {
     ev.AssistantReplyFailed: lambda _fold, _e, _at: None,
     # issue 17
     ev.SessionUnarchived: ReadModelFold._session_unarchived,
+    ev.ProjectRenamed: ReadModelFold._project_renamed,
+    ev.SessionMoved: ReadModelFold._session_moved,
 }

@@ -17,6 +17,7 @@ from services.command.auth import Caller, authenticate
 from services.command.controllers import (
     ChatController,
     LegacyChatController,
+    ProjectController,
     SessionController,
     UserController,
 )
@@ -40,6 +41,7 @@ CONTROLLERS: list[type[Controller]] = [
     UserController,
     ChatController,
     SessionController,
+    ProjectController,  # issue 17
     StopController,
     LegacyChatController,
 ]

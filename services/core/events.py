@@ -44,6 +44,7 @@ class ProjectCreated(Event, tag="ProjectCreated", frozen=True):
     project_id: uuid.UUID
     owner_id: uuid.UUID
     title: str = ""
+    description: str | None = None  # issue 17
 
 
 # stream session-<uuid>
@@ -84,6 +85,19 @@ class SessionDeleted(Event, tag="SessionDeleted", frozen=True):
 # --- issue 17: archive and projects -------------------------------------------------------
 class SessionUnarchived(Event, tag="SessionUnarchived", frozen=True):
     session_id: uuid.UUID
+
+
+# stream project-<uuid>
+class ProjectRenamed(Event, tag="ProjectRenamed", frozen=True):
+    project_id: uuid.UUID
+    title: str = ""
+    description: str | None = None  # None: unchanged
+
+
+# stream session-<uuid>: the session now belongs to another project of its owner
+class SessionMoved(Event, tag="SessionMoved", frozen=True):
+    session_id: uuid.UUID
+    project_id: uuid.UUID
 # --- end issue 17 --------------------------------------------------------------------------
 
 
@@ -108,6 +122,8 @@ AnyEvent = (
     | AssistantReplyFailed
     # issue 17
     | SessionUnarchived
+    | ProjectRenamed
+    | SessionMoved
 )
 
 EVENT_TYPES: dict[str, type[Event]] = {

@@ -12,7 +12,7 @@ from litestar.params import PathParameter, QueryParameter
 
 from services.core.events import session_stream
 from services.http.errors import ApiError, error_responses
-from services.query import messages, sessions
+from services.query import messages, projects, sessions
 from services.query.consistency import LAG_HEADER
 from services.query.params import ANCHOR_SCHEMA, CALLER_SECURITY, UUID_SCHEMA
 from services.query.reader import Reader
@@ -121,6 +121,35 @@ class SessionsController(Controller):
             ):
                 raise
             page = await read()
+        return reader.respond(page)
+
+
+class ProjectsController(Controller):
+    """Issue 17: the caller's projects."""
+
+    path = "/api/v1/projects"
+    tags = ("projects",)
+    security = CALLER_SECURITY
+    response_headers = (LAG_RESPONSE_HEADER,)
+
+    @get("/", operation_id="listProjects", responses=error_responses(400, 401))
+    async def list_projects(
+        self,
+        reader: NamedDependency[Reader],
+        limit: Annotated[
+            int, QueryParameter(ge=1, le=projects.MAX_LIMIT, description="Page size.")
+        ] = projects.DEFAULT_LIMIT,
+        before: Annotated[
+            str | None,
+            QueryParameter(
+                description="The `next_cursor` of the previous page.",
+                schema_extra=sessions.CURSOR_SCHEMA,
+            ),
+        ] = None,
+    ) -> Response[projects.ProjectPage]:
+        """The caller's projects, newest activity first, with their session counts."""
+        cursor = sessions.decode_cursor(before) if before is not None else None
+        page = await projects.list_projects(reader.conn, reader.user.user_id, limit, cursor)
         return reader.respond(page)
 
 

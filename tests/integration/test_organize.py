@@ -112,3 +112,111 @@ def test_bad_list_filters_are_400(command_url: str, query_url: str,
     with client(query_url, user) as c:
         response = c.get("/api/v1/sessions", params=params)
     assert_error(response, 400, "invalid_parameter")
+
+
+# --- projects ------------------------------------------------------------------------------
+
+
+def create_project(command_url: str, user: uuid.UUID, **body: Any) -> dict[str, Any]:
+    with client(command_url, user) as c:
+        response = c.post("/api/v1/projects", json=body)
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def projects(query_url: str, user: uuid.UUID, **params: Any) -> dict[str, Any]:
+    with client(query_url, user) as c:
+        response = c.get("/api/v1/projects", params=params)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_projects_are_created_renamed_listed_with_counts_and_hold_moved_sessions(
+    command_url: str, query_url: str,
+) -> None:
+    user = register(command_url)
+    work = create_project(command_url, user, title="  Work ", description="the office")
+    assert (work["title"], work["description"]) == ("Work", "the office")
+    home = create_project(command_url, user, title="Home")
+    session = post(command_url, user, text="in work", project_id=work["project_id"])
+    assert session["project_id"] == work["project_id"]
+
+    def counts() -> dict[str, tuple[str, int]]:
+        page = projects(query_url, user)
+        return {p["project_id"]: (p["title"], p["session_count"]) for p in page["projects"]}
+
+    wait_until(lambda: counts() == {work["project_id"]: ("Work", 1),
+                                    home["project_id"]: ("Home", 0)}, PROJECTION_SECONDS)
+    assert projects(query_url, user)["projects"][0]["project_id"] == work["project_id"]
+    with client(command_url, user) as c:
+        renamed = c.put(f"/api/v1/projects/{home['project_id']}", json={"title": "House"})
+        assert renamed.status_code == 200, renamed.text
+        moved = c.post(f"/api/v1/sessions/{session['session_id']}/move",
+                       json={"project_id": home["project_id"]})
+        assert moved.status_code == 200, moved.text
+    wait_until(lambda: counts() == {work["project_id"]: ("Work", 0),
+                                    home["project_id"]: ("House", 1)}, PROJECTION_SECONDS)
+    assert listed(query_url, user, project_id=home["project_id"]) == [session["session_id"]]
+    assert listed(query_url, user, project_id=work["project_id"]) == []
+    description = {p["project_id"]: p["description"]
+                   for p in projects(query_url, user)["projects"]}
+    assert description[work["project_id"]] == "the office"
+
+
+def test_projects_page_by_cursor(command_url: str, query_url: str) -> None:
+    user = register(command_url)
+    made = {create_project(command_url, user, title=f"p{i}")["project_id"] for i in range(5)}
+    wait_until(lambda: len(projects(query_url, user)["projects"]) == 5, PROJECTION_SECONDS)
+    seen: list[str] = []
+    page = projects(query_url, user, limit=2)
+    while True:
+        seen += [p["project_id"] for p in page["projects"]]
+        if page["next_cursor"] is None:
+            break
+        page = projects(query_url, user, limit=2, before=page["next_cursor"])
+    assert len(seen) == 5 and set(seen) == made
+
+
+def test_another_users_project_is_404(command_url: str, query_url: str) -> None:
+    owner, other = register(command_url), register(command_url)
+    theirs = create_project(command_url, owner, title="Theirs")["project_id"]
+    mine = post(command_url, other, text="mine")["session_id"]
+    with client(command_url, other) as c:
+        assert_error(c.put(f"/api/v1/projects/{theirs}", json={"title": "x"}), 404,
+                     "project_not_found")
+        assert_error(c.put(f"/api/v1/projects/{uuid.uuid4()}", json={"title": "x"}), 404,
+                     "project_not_found")
+        assert_error(c.post(f"/api/v1/sessions/{mine}/move", json={"project_id": theirs}),
+                     404, "project_not_found")
+    with client(command_url, owner) as c:  # nor can the owner move another's session
+        assert_error(c.post(f"/api/v1/sessions/{mine}/move", json={"project_id": theirs}),
+                     404, "session_not_found")
+    wait_until(lambda: listed(query_url, other) == [mine], PROJECTION_SECONDS)
+    assert theirs not in {p["project_id"] for p in projects(query_url, other)["projects"]}
+
+
+@pytest.mark.parametrize(("body", "code"), [
+    ({}, "invalid_request"),
+    ({"title": "   "}, "invalid_title"),
+    ({"title": "t" * 201}, "invalid_title"),
+    ({"title": "ok", "description": "d" * 2001}, "invalid_description"),
+    ({"title": "ok", "owner_id": str(uuid.uuid4())}, "invalid_request"),
+])
+def test_bad_project_bodies_are_400(command_url: str, body: dict[str, Any], code: str) -> None:
+    user = register(command_url)
+    with client(command_url, user) as c:
+        assert_error(c.post("/api/v1/projects", json=body), 400, code)
+        session = post(command_url, user, text="hi")
+        assert_error(c.put(f"/api/v1/projects/{session['project_id']}", json=body), 400, code)
+        assert_error(c.post(f"/api/v1/sessions/{session['session_id']}/move",
+                            json={"project_id": "nope"}), 400, "invalid_request")
+        assert_error(c.put("/api/v1/projects/nope", json={"title": "x"}), 400,
+                     "invalid_parameter")
+
+
+def test_bad_project_list_parameters_are_400(command_url: str, query_url: str) -> None:
+    user = register(command_url)
+    with client(query_url, user) as c:
+        assert_error(c.get("/api/v1/projects", params={"before": "garbage!"}), 400,
+                     "invalid_cursor")
+        assert_error(c.get("/api/v1/projects", params={"limit": 0}), 400, "invalid_parameter")

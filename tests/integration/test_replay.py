@@ -180,6 +180,24 @@ class Workload:
                     turn_id=turn))
         self._append(ev.session_stream(session), events)
 
+    def reorganize(self, session: uuid.UUID) -> None:
+        """Issue 17: the session moved to another project of its owner (when there is one,
+        else one made for it), that project renamed, the session renamed and posted to."""
+        owner = self.sessions[session]
+        mine = [p for p, o in self.projects.items() if o == owner]
+        project = mine[0] if mine else self._u()
+        if not mine:
+            self._append(ev.project_stream(project), [ev.ProjectCreated(
+                project_id=project, owner_id=owner, title="p")], "project", owner)
+            self.projects[project] = owner
+        self._append(ev.session_stream(session),
+                     [ev.SessionMoved(session_id=session, project_id=project)])
+        self._append(ev.project_stream(project), [ev.ProjectRenamed(
+            project_id=project, title=f"project {self.rng.random():.3f}",
+            description=self.rng.choice([None, "about it"]))])
+        self._append(ev.session_stream(session),
+                     [ev.SessionRenamed(session_id=session, title="moved")])
+
     def delete(self) -> None:
         session = self.rng.choice(list(self.sessions))
         stream = ev.session_stream(session)
@@ -538,6 +556,12 @@ def test_the_bulk_build_equals_the_live_projection_on_random_events(
         work.sessions[session] = owner
         work.open_turns[session] = []
     work.run(800)
+    with conn.transaction():  # issue 17: moves and project renames, then posts
+        for session in list(work.sessions)[3:9]:
+            work.reorganize(session)
+    for _ in range(20):
+        with conn.transaction():
+            work.post()
     with conn.transaction():  # user messages unarchive: some sessions end archived for sure
         for session in list(work.sessions)[:3]:
             work._append(ev.session_stream(session), [ev.SessionArchived(session_id=session)])

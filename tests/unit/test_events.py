@@ -47,6 +47,8 @@ EXAMPLES: list[Event] = [
     ),
     # issue 17
     ev.SessionUnarchived(session_id=U3),
+    ev.ProjectRenamed(project_id=U2, title="Stories", description="ghosts"),
+    ev.SessionMoved(session_id=U3, project_id=U2),
 ]
 
 
