@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from typing import Annotated
-from uuid import UUID
 
 from litestar import Controller, Response, get
 from litestar.datastructures import ResponseHeader
@@ -14,7 +13,14 @@ from services.core.events import session_stream
 from services.http.errors import ApiError, error_responses
 from services.query import messages, projects, sessions
 from services.query.consistency import LAG_HEADER
-from services.query.params import ANCHOR_SCHEMA, CALLER_SECURITY, UUID_SCHEMA
+from services.query.params import (
+    ANCHOR_SCHEMA,
+    BOOLEAN_SCHEMA,
+    CALLER_SECURITY,
+    UUID_SCHEMA,
+    parse_boolean,
+    parse_uuid,
+)
 from services.query.reader import Reader
 from services.query.users import UserProfile
 
@@ -48,19 +54,28 @@ class SessionsController(Controller):
             ),
         ] = None,
         archived: Annotated[
-            bool,
-            QueryParameter(description="true: the archived sessions instead of the active ones."),
-        ] = False,
+            str | None,
+            QueryParameter(
+                description="true: the archived sessions instead of the active ones.",
+                schema_extra=BOOLEAN_SCHEMA,
+            ),
+        ] = None,
         project_id: Annotated[
-            UUID | None,
-            QueryParameter(description="Only the sessions of this project (one of the caller's)."),
+            str | None,
+            QueryParameter(
+                description="Only the sessions of this project (one of the caller's).",
+                schema_extra=UUID_SCHEMA,
+            ),
         ] = None,
     ) -> Response[sessions.SessionPage]:
         """The caller's sessions, newest activity first: the active ones, or the archived
         ones with `?archived=true`; of one project with `?project_id=`."""
+        show_archived = archived is not None and parse_boolean(archived, name="archived")
+        project = (parse_uuid(project_id, what="project_id", code="invalid_parameter")
+                   if project_id is not None else None)
         cursor = sessions.decode_cursor(before) if before is not None else None
         page = await sessions.list_sessions(reader.conn, reader.user.user_id, limit, cursor,
-                                            archived=archived, project_id=project_id)
+                                            archived=show_archived, project_id=project)
         return reader.respond(page)
 
     @get(
