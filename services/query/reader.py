@@ -26,7 +26,6 @@ from services.query.consistency import (
     MIN_POSITION_HEADER,
     catch_up,
     parse_min_position,
-    wait_for_position,
 )
 from services.query.params import POSITION_SCHEMA
 from services.query.replicas import ReadPools
