@@ -15,6 +15,7 @@ import pytest
 
 from services.core.settings import Settings
 from services.query.app import create_app as create_query_app
+from services.query.params import UUID_PATTERN
 from tests.integration.conftest import client, wait_until
 
 PROJECTION_SECONDS = 30.0
@@ -103,7 +104,11 @@ def test_archiving_another_users_or_a_missing_session_is_404(
         assert_error(c.post(f"/api/v1/sessions/{session}/{action}"), 404, "session_not_found")
 
 
-@pytest.mark.parametrize("params", [{"archived": "maybe"}, {"project_id": "nope"}])
+@pytest.mark.parametrize("params", [
+    {"archived": "maybe"}, {"archived": "True"}, {"archived": "1"}, {"archived": ""},
+    {"project_id": "nope"}, {"project_id": ""},
+    {"project_id": "4a1c3f5e00004000800000000000000a"},  # not the hyphenated form
+])
 def test_bad_list_filters_are_400(command_url: str, query_url: str,
                                   params: dict[str, str]) -> None:
     user = register(command_url)
@@ -220,3 +225,13 @@ def test_bad_project_list_parameters_are_400(command_url: str, query_url: str) -
         assert_error(c.get("/api/v1/projects", params={"before": "garbage!"}), 400,
                      "invalid_cursor")
         assert_error(c.get("/api/v1/projects", params={"limit": 0}), 400, "invalid_parameter")
+
+
+def test_the_list_filters_have_exact_openapi_schemas(query_url: str) -> None:
+    document = httpx.get(f"{query_url}/schema/openapi.json").json()
+    parameters = {p["name"]: p["schema"]
+                  for p in document["paths"]["/api/v1/sessions"]["get"]["parameters"]}
+    assert parameters["archived"]["type"] == "boolean" and "oneOf" not in parameters["archived"]
+    assert parameters["project_id"]["type"] == "string" and "oneOf" not in parameters["project_id"]
+    assert parameters["project_id"]["format"] == "uuid"
+    assert parameters["project_id"]["pattern"] == UUID_PATTERN
