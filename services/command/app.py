@@ -10,6 +10,8 @@ from litestar import Controller, Litestar
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Schema
+from litestar.openapi.spec.enums import OpenAPIType
 from litestar.params import HeaderParameter
 from psycopg_pool import AsyncConnectionPool
 
@@ -21,6 +23,7 @@ from services.command.controllers import (
     SessionController,
     UserController,
 )
+from services.command.projects import MAX_DESCRIPTION_CHARS
 from services.command.sessions import MAX_TITLE_CHARS
 from services.command.stop import StopController
 from services.core.apidoc import STORABLE_TEXT_PATTERN, refine_components
@@ -103,15 +106,25 @@ def create_app(settings: Settings) -> Litestar:
                 await wake_redis.aclose()
 
     def document_request_bodies(app: Litestar) -> None:
+        title = {"min_length": 1, "max_length": MAX_TITLE_CHARS, "pattern": STORABLE_TEXT_PATTERN}
         text = {"min_length": 1, "max_length": settings.max_message_chars,
                 "pattern": STORABLE_TEXT_PATTERN}
         refine_components(app, {
             "PostChat": {"additional_properties": False, "properties": {"text": text}},
             "LegacyChat": {"properties": {"text": text}},  # ignores unknown fields
             "RegisterUser": {"additional_properties": False},
-            "RenameSession": {"additional_properties": False, "properties": {"title": {
-                "min_length": 1, "max_length": MAX_TITLE_CHARS,
-                "pattern": STORABLE_TEXT_PATTERN}}},
+            "RenameSession": {"additional_properties": False, "properties": {"title": title}},
+            # Issue 17: a project's title is a session title's; its description may be blank
+            # (stored as given, trimmed) but holds no NUL.
+            "NewProject": {"additional_properties": False, "properties": {
+                "title": title,
+                "description": {"one_of": [
+                    Schema(type=OpenAPIType.STRING, max_length=MAX_DESCRIPTION_CHARS,
+                           pattern=r"^[^\x00]*$"),
+                    Schema(type=OpenAPIType.NULL),
+                ]},
+            }},
+            "MoveSession": {"additional_properties": False},
         })
 
     return Litestar(

@@ -55,10 +55,11 @@ class SessionMovedTo(msgspec.Struct, frozen=True, kw_only=True):
 def clean_description(description: str | None) -> str | None:
     if description is None:
         return None
-    description = description.strip()
+    # the length as sent, as the document's maxLength counts it; stored trimmed
     if len(description) > MAX_DESCRIPTION_CHARS:
         raise ApiError("invalid_description",
                        f"description must be at most {MAX_DESCRIPTION_CHARS} characters")
+    description = description.strip()
     check_storable(description, "description")
     return description
 
