@@ -33,9 +33,14 @@ The rules (what the seed's tables say about each event):
   unknown owner refuses it. ProjectLinked links once (again: a no-op); an unknown user or
   project refuses it.
 - SessionStarted inserts the session; a taken id, an unknown user or project refuses it.
-  SessionRenamed / SessionArchived set title / is_active and updated_at (no-op when the
-  session is gone). SessionDeleted deletes the session, its messages and its turns; other
-  sessions' messages that named one of those turns keep the message with turn_id NULL.
+  SessionRenamed / SessionArchived / SessionUnarchived set title / is_active and updated_at
+  (no-op when the session is gone); SessionMoved sets project_id and updated_at (an unknown
+  project refuses it; the session's turns keep the project they were asked in);
+  ProjectRenamed sets the dossier row's title (and description when given) and updated_at;
+  a user message to an archived session makes it active
+  again (is_active, updated_at), as ChatGPT does. SessionDeleted deletes the session, its
+  messages and its turns; other sessions' messages that named one of those turns keep the
+  message with turn_id NULL.
 - MessagePosted to a session that does not exist is dropped, except that an assistant
   message still answers its turn. Otherwise: a user message with a turn_id inserts the turn,
   or links a legacy turn (one with no session: it becomes exactly the fresh row), or leaves
@@ -121,6 +126,14 @@ def needs(events: Iterable[ev.Event]) -> Needs:
                 n.sessions.add(e.session_id)
             case ev.UserDeleted():
                 n.users.add(e.user_id)
+            # issue 17
+            case ev.SessionUnarchived():
+                n.sessions.add(e.session_id)
+            case ev.ProjectRenamed():
+                n.projects.add(e.project_id)
+            case ev.SessionMoved():
+                n.sessions.add(e.session_id)
+                n.projects.add(e.project_id)
     return n
 
 
@@ -153,6 +166,9 @@ class Round:
     turns_linked: dict[uuid.UUID, Row] = field(default_factory=dict)
     messages: dict[uuid.UUID, list[Row]] = field(default_factory=dict)  # by session
     answers: dict[uuid.UUID, str] = field(default_factory=dict)  # turns already written
+    # issue 17, written after sessions_updated
+    projects_updated: dict[uuid.UUID, Row] = field(default_factory=dict)
+    sessions_moved: dict[uuid.UUID, Row] = field(default_factory=dict)
     # the fold's bookkeeping, not written
     cross_refs: dict[uuid.UUID, list[Row]] = field(default_factory=dict)  # another's turn
     last_message_at: dict[uuid.UUID, dt.datetime] = field(default_factory=dict)
@@ -162,7 +178,7 @@ class Round:
                     self.users_updated,
                     self.users_new, self.dossier_new, self.links_new, self.sessions_new,
                     self.sessions_updated, self.turns_new, self.turns_linked, self.messages,
-                    self.answers))
+                    self.answers, self.projects_updated, self.sessions_moved))
 
 
 class ReadModelFold:
@@ -245,7 +261,7 @@ class ReadModelFold:
             return f"user {e.owner_id} does not exist"
         self.k.projects.add(e.project_id)
         self.k.links.add((e.owner_id, e.project_id))
-        self.round.dossier_new.append([e.project_id, e.title or None, at, at])
+        self.round.dossier_new.append([e.project_id, e.title or None, at, at, e.description])
         self.round.links_new.append([e.owner_id, e.project_id, at])
         return None
 
@@ -276,17 +292,20 @@ class ReadModelFold:
         return None
 
     def _session_changed(self, sid: uuid.UUID, at: dt.datetime, title: str | None,
-                         archived: bool) -> None:
+                         archived: bool | None) -> None:
+        """archived None: a rename (title); True/False: an archive/unarchive."""
         s = self.k.sessions.get(sid)
         if s is None:
             return  # no row to update
         last = self.round.last_message_at.get(sid)
-        if last is not None and last > at:
-            self._cut()  # the trigger must see this round's messages before the change
-        if archived:
-            s.is_active = False
-        else:
+        if (last is not None and last > at) or sid in self.round.sessions_moved:
+            # the trigger must see this round's messages before the change (and a move,
+            # written after the round's session updates, must come before it)
+            self._cut()
+        if archived is None:
             s.title = title
+        else:
+            s.is_active = not archived
         new = self.round.sessions_new.get(sid)
         if new is not None:
             new[3], new[5], new[7] = s.title, at, s.is_active
@@ -294,7 +313,7 @@ class ReadModelFold:
             self.round.sessions_updated[sid] = [sid, s.title, s.is_active, at]
 
     def _session_renamed(self, e: ev.SessionRenamed, at: dt.datetime) -> str | None:
-        self._session_changed(e.session_id, at, e.title, archived=False)
+        self._session_changed(e.session_id, at, e.title, archived=None)
         return None
 
     def _session_archived(self, e: ev.SessionArchived, at: dt.datetime) -> str | None:
@@ -364,6 +383,8 @@ class ReadModelFold:
             r.last_message_at[sid] = at
         if turn is not None and e.role == "assistant":
             self._answer(turn, e.content)
+        if not s.is_active and e.role == "user":
+            self._unarchive(sid, s, at)  # issue 17: continuing a session unarchives it
         return None
 
     def _answer(self, turn: uuid.UUID, content: str) -> None:
@@ -372,6 +393,62 @@ class ReadModelFold:
             pending[TURN_ANSWER] = content
         elif turn in self.k.turns:
             self.round.answers[turn] = content
+
+    # Issue 17: archive ----------------------------------------------------------------------
+
+    def _session_unarchived(self, e: ev.SessionUnarchived, at: dt.datetime) -> str | None:
+        self._session_changed(e.session_id, at, None, archived=False)
+        return None
+
+    def _unarchive(self, sid: uuid.UUID, s: SessionState, at: dt.datetime) -> None:
+        """A user message to an archived session: active again. Written before the round's
+        messages, whose trigger then moves updated_at on to the newest message."""
+        s.is_active = True
+        new = self.round.sessions_new.get(sid)
+        if new is not None:
+            new[7] = True
+            return
+        pending = self.round.sessions_updated.get(sid)
+        if pending is not None:
+            pending[2] = True
+        else:
+            self.round.sessions_updated[sid] = [sid, s.title, True, at]
+
+    # Issue 17: projects ---------------------------------------------------------------------
+
+    def _project_renamed(self, e: ev.ProjectRenamed, at: dt.datetime) -> str | None:
+        pid = e.project_id
+        if pid not in self.k.projects:
+            return None  # no row to update
+        for row in self.round.dossier_new:
+            if row[0] == pid:
+                row[1], row[3] = e.title or None, at
+                if e.description is not None:
+                    row[4] = e.description
+                return None
+        pending = self.round.projects_updated.get(pid)
+        description = e.description if e.description is not None else (
+            pending[2] if pending is not None else None)
+        self.round.projects_updated[pid] = [pid, e.title or None, description, at]
+        return None
+
+    def _session_moved(self, e: ev.SessionMoved, at: dt.datetime) -> str | None:
+        sid = e.session_id
+        s = self.k.sessions.get(sid)
+        if s is None:
+            return None  # no row to update
+        if e.project_id not in self.k.projects:
+            return f"project {e.project_id} does not exist"
+        last = self.round.last_message_at.get(sid)
+        if last is not None and last > at:
+            self._cut()  # as for a rename: the trigger's updated_at must not win
+        s.project_id = e.project_id
+        new = self.round.sessions_new.get(sid)
+        if new is not None:
+            new[2], new[5] = e.project_id, at
+        else:
+            self.round.sessions_moved[sid] = [sid, e.project_id, at]
+        return None
 
 
 # Unbound, at module level: a dict of bound methods on the instance would be a reference
@@ -388,4 +465,8 @@ _RULES: dict[type, Callable[[ReadModelFold, Any, dt.datetime], str | None]] = {
     ev.SessionDeleted: ReadModelFold._session_deleted,
     ev.AssistantReplyFailed: lambda _fold, _e, _at: None,
     ev.UserDeleted: ReadModelFold._user_deleted,
+    # issue 17
+    ev.SessionUnarchived: ReadModelFold._session_unarchived,
+    ev.ProjectRenamed: ReadModelFold._project_renamed,
+    ev.SessionMoved: ReadModelFold._session_moved,
 }

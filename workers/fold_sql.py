@@ -31,7 +31,7 @@ COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
               ("avatar_url", "text"), ("created_at", "timestamptz"),
               ("updated_at", "timestamptz")),
     "dossier": (("project_id", "uuid"), ("title", "text"), ("created_at", "timestamptz"),
-                ("updated_at", "timestamptz")),
+                ("updated_at", "timestamptz"), ("description", "text")),
     "user_projects": (("user_id", "uuid"), ("project_id", "uuid"),
                       ("created_at", "timestamptz")),
     "sessions": (("session_id", "uuid"), ("user_id", "uuid"), ("project_id", "uuid"),
@@ -105,6 +105,19 @@ UPDATE_SESSIONS = """
 UPDATE sessions s SET title = v.title, is_active = v.is_active, updated_at = v.updated_at
   FROM unnest(%s::uuid[], %s::text[], %s::bool[], %s::timestamptz[])
        AS v(session_id, title, is_active, updated_at)
+ WHERE s.session_id = v.session_id
+"""
+# Issue 17: a project renamed (description kept when NULL), a session moved.
+UPDATE_PROJECTS = """
+UPDATE dossier d SET title = v.title, description = coalesce(v.description, d.description),
+       updated_at = v.updated_at
+  FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::timestamptz[])
+       AS v(project_id, title, description, updated_at)
+ WHERE d.project_id = v.project_id
+"""
+MOVE_SESSIONS = """
+UPDATE sessions s SET project_id = v.project_id, updated_at = v.updated_at
+  FROM unnest(%s::uuid[], %s::uuid[], %s::timestamptz[]) AS v(session_id, project_id, updated_at)
  WHERE s.session_id = v.session_id
 """
 # A legacy turn linked to a session: every column as the fresh row has it.
@@ -196,6 +209,8 @@ def write_round(conn: Conn, r: Round, insert: Insert) -> None:
     insert(conn, "user_projects", r.links_new)
     insert(conn, "sessions", list(r.sessions_new.values()))
     _run(conn, UPDATE_SESSIONS, list(r.sessions_updated.values()))
+    _run(conn, UPDATE_PROJECTS, list(r.projects_updated.values()))  # issue 17
+    _run(conn, MOVE_SESSIONS, list(r.sessions_moved.values()))
     insert(conn, "turns", list(r.turns_new.values()))
     _run(conn, LINK_TURNS, list(r.turns_linked.values()))
     insert(conn, "chat_messages", [m for ms in r.messages.values() for m in ms])

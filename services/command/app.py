@@ -19,9 +19,11 @@ from services.command.auth import Caller, authenticate
 from services.command.controllers import (
     ChatController,
     LegacyChatController,
+    ProjectController,
     SessionController,
     UserController,
 )
+from services.command.projects import MAX_DESCRIPTION_CHARS
 from services.command.sessions import MAX_TITLE_CHARS
 from services.command.stop import StopController
 from services.command.throttle import SignInThrottle
@@ -44,6 +46,7 @@ CONTROLLERS: list[type[Controller]] = [
     UserController,
     ChatController,
     SessionController,
+    ProjectController,  # issue 17
     StopController,
     LegacyChatController,
     AccountController,
@@ -109,6 +112,7 @@ def create_app(settings: Settings) -> Litestar:
                 await wake_redis.aclose()
 
     def document_request_bodies(app: Litestar) -> None:
+        title = {"min_length": 1, "max_length": MAX_TITLE_CHARS, "pattern": STORABLE_TEXT_PATTERN}
         text = {"min_length": 1, "max_length": settings.max_message_chars,
                 "pattern": STORABLE_TEXT_PATTERN}
         refine_components(app, {
@@ -124,9 +128,18 @@ def create_app(settings: Settings) -> Litestar:
             "SignIn": {"additional_properties": False},
             "ChangePassword": {"additional_properties": False},
             "NewApiToken": {"additional_properties": False},
-            "RenameSession": {"additional_properties": False, "properties": {"title": {
-                "min_length": 1, "max_length": MAX_TITLE_CHARS,
-                "pattern": STORABLE_TEXT_PATTERN}}},
+            "RenameSession": {"additional_properties": False, "properties": {"title": title}},
+            # Issue 17: a project's title is a session title's; its description may be blank
+            # (stored as given, trimmed) but holds no NUL.
+            "NewProject": {"additional_properties": False, "properties": {
+                "title": title,
+                "description": {"one_of": [
+                    Schema(type=OpenAPIType.STRING, max_length=MAX_DESCRIPTION_CHARS,
+                           pattern=r"^[^\x00]*$"),
+                    Schema(type=OpenAPIType.NULL),
+                ]},
+            }},
+            "MoveSession": {"additional_properties": False},
         })
 
     return Litestar(

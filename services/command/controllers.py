@@ -15,7 +15,7 @@ from litestar.status_codes import HTTP_202_ACCEPTED
 from psycopg_pool import AsyncConnectionPool
 from redis.exceptions import RedisError
 
-from services.command import chat, erasure, legacy, sessions, users
+from services.command import chat, erasure, legacy, projects, sessions, users
 from services.command.auth import Caller, authenticate, verified
 from services.core.settings import Settings
 from services.core.wakeup import Wake
@@ -162,6 +162,77 @@ def legacy_headers(settings: Settings) -> dict[str, str]:
     """RFC 9745 Deprecation, RFC 8594 Sunset, and where to go instead."""
     return {"Deprecation": "true", "Sunset": settings.legacy_chat_sunset,
             "Link": '</api/v1/chat>; rel="successor-version"'}
+
+    @post("/archive", operation_id="archiveSession", status_code=204,
+          responses=error_responses(400, 401, 404, 409))
+    async def archive_session(
+        self,
+        session_id: FromPath[uuid.UUID],
+        pool: NamedDependency[AsyncConnectionPool[Any]],
+        wake: NamedDependency[Wake],
+        caller: NamedDependency[Caller],
+    ) -> None:
+        """Archives a session: the list hides it unless `?archived=true`; its messages stay,
+        and posting to it makes it active again."""
+        await sessions.set_archived(pool, wake, caller, session_id, archived=True)
+
+    @post("/unarchive", operation_id="unarchiveSession", status_code=204,
+          responses=error_responses(400, 401, 404, 409))
+    async def unarchive_session(
+        self,
+        session_id: FromPath[uuid.UUID],
+        pool: NamedDependency[AsyncConnectionPool[Any]],
+        wake: NamedDependency[Wake],
+        caller: NamedDependency[Caller],
+    ) -> None:
+        """Makes an archived session active again (a no-op for an active one)."""
+        await sessions.set_archived(pool, wake, caller, session_id, archived=False)
+
+
+    @post("/move", operation_id="moveSession", status_code=200,
+          responses=error_responses(400, 401, 404, 409, 413))
+    async def move_session(
+        self,
+        session_id: FromPath[uuid.UUID],
+        data: JSONBody[projects.MoveSession],
+        pool: NamedDependency[AsyncConnectionPool[Any]],
+        wake: NamedDependency[Wake],
+        caller: NamedDependency[Caller],
+    ) -> projects.SessionMovedTo:
+        """Moves a session into another of the caller's projects."""
+        return await projects.move_session(pool, wake, caller, session_id, data)
+
+
+class ProjectController(Controller):
+    """Issue 17: the caller's projects (listed by the query service)."""
+
+    path = "/api/v1/projects"
+    tags = ("projects",)
+
+    @post("", operation_id="createProject", status_code=201,
+          responses=error_responses(400, 401, 413))
+    async def create_project(
+        self,
+        data: JSONBody[projects.NewProject],
+        pool: NamedDependency[AsyncConnectionPool[Any]],
+        wake: NamedDependency[Wake],
+        caller: NamedDependency[Caller],
+    ) -> projects.ProjectInfo:
+        """Creates a project (title 1 to 200 characters, optional description)."""
+        return await projects.create_project(pool, wake, caller, data)
+
+    @put("/{project_id:str}", operation_id="renameProject",
+         responses=error_responses(400, 401, 404, 409, 413))
+    async def rename_project(
+        self,
+        project_id: FromPath[uuid.UUID],
+        data: JSONBody[projects.NewProject],
+        pool: NamedDependency[AsyncConnectionPool[Any]],
+        wake: NamedDependency[Wake],
+        caller: NamedDependency[Caller],
+    ) -> projects.ProjectInfo:
+        """Renames a project (a description, when given, replaces the old one)."""
+        return await projects.rename_project(pool, wake, caller, project_id, data)
 
 
 class LegacyChatController(Controller):

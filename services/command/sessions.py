@@ -1,4 +1,5 @@
-"""Renaming and deleting sessions. Deleting erases what the user wrote from the stream."""
+"""Renaming, archiving and deleting sessions. Deleting erases what the user wrote from the
+stream."""
 
 from __future__ import annotations
 
@@ -17,7 +18,13 @@ from services.command.store import (
     in_transaction,
     owned_stream_version,
 )
-from services.core.events import SessionDeleted, SessionRenamed, session_stream
+from services.core.events import (
+    SessionArchived,
+    SessionDeleted,
+    SessionRenamed,
+    SessionUnarchived,
+    session_stream,
+)
 from services.core.eventstore import MARK_STREAM_DELETED, StreamAppend
 from services.core.wakeup import Wake
 from services.http.errors import ApiError
@@ -100,4 +107,30 @@ async def delete_session(
 
     await in_transaction(pool, work)
     log.info("session_deleted", session_id=str(session_id))
+    await wake()
+
+
+async def set_archived(
+    pool: AsyncConnectionPool[Any],
+    wake: Wake,
+    caller: Caller,
+    session_id: uuid.UUID,
+    archived: bool,
+) -> None:
+    """Archives (hides from the default list) or unarchives a session; its messages stay.
+    Appended every time, so the last call wins whatever the projection has reached."""
+    stream_id = session_stream(session_id)
+    event = (SessionArchived if archived else SessionUnarchived)(session_id=session_id)
+
+    async def work(conn: psycopg.AsyncConnection[Any]) -> None:
+        version = await owned_stream_version(conn, stream_id, "session", caller.user_id, lock=True)
+        await append(
+            conn,
+            [StreamAppend(stream_id=stream_id, expected_version=version, events=[event])],
+            caller.event_metadata(),
+        )
+
+    await in_transaction(pool, work)
+    log.info("session_archived" if archived else "session_unarchived",
+             session_id=str(session_id))
     await wake()

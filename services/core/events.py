@@ -51,6 +51,7 @@ class ProjectCreated(Event, tag="ProjectCreated", frozen=True):
     project_id: uuid.UUID
     owner_id: uuid.UUID
     title: str = ""
+    description: str | None = None  # issue 17
 
 
 # stream session-<uuid>
@@ -88,6 +89,25 @@ class SessionDeleted(Event, tag="SessionDeleted", frozen=True):
     session_id: uuid.UUID
 
 
+# --- issue 17: archive and projects -------------------------------------------------------
+class SessionUnarchived(Event, tag="SessionUnarchived", frozen=True):
+    session_id: uuid.UUID
+
+
+# stream project-<uuid>
+class ProjectRenamed(Event, tag="ProjectRenamed", frozen=True):
+    project_id: uuid.UUID
+    title: str = ""
+    description: str | None = None  # None: unchanged
+
+
+# stream session-<uuid>: the session now belongs to another project of its owner
+class SessionMoved(Event, tag="SessionMoved", frozen=True):
+    session_id: uuid.UUID
+    project_id: uuid.UUID
+# --- end issue 17 --------------------------------------------------------------------------
+
+
 class AssistantReplyFailed(Event, tag="AssistantReplyFailed", frozen=True):
     session_id: uuid.UUID
     turn_id: uuid.UUID | None = None
@@ -108,6 +128,10 @@ AnyEvent = (
     | SessionDeleted
     | AssistantReplyFailed
     | UserDeleted
+    # issue 17
+    | SessionUnarchived
+    | ProjectRenamed
+    | SessionMoved
 )
 
 EVENT_TYPES: dict[str, type[Event]] = {

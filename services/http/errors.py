@@ -52,6 +52,7 @@ ERRORS: dict[str, ErrorCode] = {
     "empty_text": ErrorCode(400, "The message is blank (nothing left after trimming)."),
     "invalid_text": ErrorCode(400, "A text contains U+0000, which cannot be stored."),
     "invalid_title": ErrorCode(400, "The title is over 200 characters or blank."),
+    "invalid_description": ErrorCode(400, "A project description is over 2000 characters."),
     # 401: who is calling is not established.
     "unauthenticated": ErrorCode(401, "X-User-ID is missing."),
     "unknown_user": ErrorCode(401, "X-User-ID (or the token's subject) names no registered "

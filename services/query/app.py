@@ -22,7 +22,7 @@ from services.http.auth import USER_HEADER
 from services.http.layer import api_description, http_layer
 from services.http.metrics import metrics_handler
 from services.query.consistency import PROJECTION
-from services.query.controllers import SessionsController, UsersController
+from services.query.controllers import ProjectsController, SessionsController, UsersController
 from services.query.params import CALLER_SCHEME
 from services.query.reader import provide_reader
 from services.query.replicas import ReadPools, Replica, replica_urls
@@ -32,6 +32,7 @@ from services.query.streaming import StreamController
 ROUTE_HANDLERS: list[ControllerRouterHandler] = [
     health_controller("query"),
     SessionsController,
+    ProjectsController,  # issue 17
     UsersController,
     StreamController,
 ]

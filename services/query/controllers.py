@@ -11,9 +11,16 @@ from litestar.params import PathParameter, QueryParameter
 
 from services.core.events import session_stream
 from services.http.errors import ApiError, error_responses
-from services.query import messages, sessions
+from services.query import messages, projects, sessions
 from services.query.consistency import LAG_HEADER
-from services.query.params import ANCHOR_SCHEMA, CALLER_SECURITY, UUID_SCHEMA
+from services.query.params import (
+    ANCHOR_SCHEMA,
+    BOOLEAN_SCHEMA,
+    CALLER_SECURITY,
+    UUID_SCHEMA,
+    parse_boolean,
+    parse_uuid,
+)
 from services.query.reader import Reader
 from services.query.users import UserProfile, with_usage
 
@@ -46,10 +53,29 @@ class SessionsController(Controller):
                 schema_extra=sessions.CURSOR_SCHEMA,
             ),
         ] = None,
+        archived: Annotated[
+            str | None,
+            QueryParameter(
+                description="true: the archived sessions instead of the active ones.",
+                schema_extra=BOOLEAN_SCHEMA,
+            ),
+        ] = None,
+        project_id: Annotated[
+            str | None,
+            QueryParameter(
+                description="Only the sessions of this project (one of the caller's).",
+                schema_extra=UUID_SCHEMA,
+            ),
+        ] = None,
     ) -> Response[sessions.SessionPage]:
-        """The caller's sessions, newest activity first."""
+        """The caller's sessions, newest activity first: the active ones, or the archived
+        ones with `?archived=true`; of one project with `?project_id=`."""
+        show_archived = archived is not None and parse_boolean(archived, name="archived")
+        project = (parse_uuid(project_id, what="project_id", code="invalid_parameter")
+                   if project_id is not None else None)
         cursor = sessions.decode_cursor(before) if before is not None else None
-        page = await sessions.list_sessions(reader.conn, reader.user.user_id, limit, cursor)
+        page = await sessions.list_sessions(reader.conn, reader.user.user_id, limit, cursor,
+                                            archived=show_archived, project_id=project)
         return reader.respond(page)
 
     @get(
@@ -110,6 +136,35 @@ class SessionsController(Controller):
             ):
                 raise
             page = await read()
+        return reader.respond(page)
+
+
+class ProjectsController(Controller):
+    """Issue 17: the caller's projects."""
+
+    path = "/api/v1/projects"
+    tags = ("projects",)
+    security = CALLER_SECURITY
+    response_headers = (LAG_RESPONSE_HEADER,)
+
+    @get("/", operation_id="listProjects", responses=error_responses(400, 401))
+    async def list_projects(
+        self,
+        reader: NamedDependency[Reader],
+        limit: Annotated[
+            int, QueryParameter(ge=1, le=projects.MAX_LIMIT, description="Page size.")
+        ] = projects.DEFAULT_LIMIT,
+        before: Annotated[
+            str | None,
+            QueryParameter(
+                description="The `next_cursor` of the previous page.",
+                schema_extra=sessions.CURSOR_SCHEMA,
+            ),
+        ] = None,
+    ) -> Response[projects.ProjectPage]:
+        """The caller's projects, newest activity first, with their session counts."""
+        cursor = sessions.decode_cursor(before) if before is not None else None
+        page = await projects.list_projects(reader.conn, reader.user.user_id, limit, cursor)
         return reader.respond(page)
 
 

@@ -31,6 +31,8 @@ LAST_EVENT_ID_SCHEMA: dict[str, Any] = {
     "oneOf": None, "type": "string", "pattern": LAST_EVENT_ID_PATTERN}
 POSITION_SCHEMA: dict[str, Any] = {
     "oneOf": None, "type": "integer", "format": "int64", "minimum": 1, "maximum": MAX_BIGINT}
+# A boolean query parameter is spelled `true` or `false` (OpenAPI's serialization), nothing else.
+BOOLEAN_SCHEMA: dict[str, Any] = {"oneOf": None, "type": "boolean"}
 ANCHOR_SCHEMA: dict[str, Any] = {"oneOf": [
     {"type": "integer", "format": "int64", "minimum": 0, "maximum": MAX_BIGINT},
     {"type": "string", "format": "uuid", "pattern": UUID_PATTERN},
@@ -50,3 +52,10 @@ def parse_integer(raw: str, *, minimum: int, maximum: int = MAX_BIGINT) -> int |
         return None
     value = int(raw)
     return value if minimum <= value <= maximum else None
+
+
+def parse_boolean(raw: str, *, name: str) -> bool:
+    """`true` or `false` exactly (BOOLEAN_SCHEMA), else a 400 naming the parameter."""
+    if raw not in ("true", "false"):
+        raise ApiError("invalid_parameter", f"{name} must be true or false")
+    return raw == "true"

@@ -17,11 +17,12 @@ from services.query.params import UUID_PATTERN
 MAX_LIMIT = 100
 DEFAULT_LIMIT = 10
 
-# One index walk of sessions_user_activity_idx, under RLS (the caller's rows only).
+# One index walk of sessions_user_activity_idx, under RLS (the caller's rows only),
+# active or archived ones, of one project or all (0040_session_list_filters.sql).
 LIST_SESSIONS = """
 SELECT session_id, title, project_id, created_at, updated_at,
        last_message_at, is_active, message_count, preview
-  FROM get_user_sessions(%s, %s, %s, %s)
+  FROM list_user_sessions(%s, %s, %s, %s, %s, %s)
 """
 
 
@@ -73,7 +74,8 @@ def decode_cursor(raw: str) -> Cursor:
 
 
 async def list_sessions(
-    conn: AsyncConnection[Any], user_id: UUID, limit: int, before: Cursor | None
+    conn: AsyncConnection[Any], user_id: UUID, limit: int, before: Cursor | None,
+    *, archived: bool = False, project_id: UUID | None = None,
 ) -> SessionPage:
     # One row more than asked says whether another page exists, so the last page carries
     # no cursor (and no client fetches an empty page to find out).
@@ -82,6 +84,8 @@ async def list_sessions(
         limit + 1,
         before.last_message_at if before else None,
         before.session_id if before else None,
+        archived,
+        project_id,
     )
     async with conn.cursor(row_factory=class_row(SessionSummary)) as cur:
         await cur.execute(LIST_SESSIONS, args)

@@ -667,4 +667,9 @@ def test_the_openapi_document_lists_every_route_with_its_operation_id(base_url: 
         ("/api/v1/chat", "post"): "postChat",
         ("/api/v1/sessions/{session_id}/title", "put"): "renameSession",
         ("/api/v1/sessions/{session_id}", "delete"): "deleteSession",
+        ("/api/v1/sessions/{session_id}/archive", "post"): "archiveSession",
+        ("/api/v1/sessions/{session_id}/unarchive", "post"): "unarchiveSession",
+        ("/api/v1/sessions/{session_id}/move", "post"): "moveSession",
+        ("/api/v1/projects", "post"): "createProject",
+        ("/api/v1/projects/{project_id}", "put"): "renameProject",
     }.items()

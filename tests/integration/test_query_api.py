@@ -724,6 +724,7 @@ def test_openapi_lists_every_operation_id(base_url: str) -> None:
         "listSessions",
         "listSessionMessages",
         "getCurrentUser",
+        "listProjects",
         "queryHealthz",
         "queryReadyz",
     } <= operation_ids

@@ -117,10 +117,14 @@ class Workload:
                 session = self.rng.choice(list(self.sessions))
                 self._append(ev.session_stream(session), [ev.SessionRenamed(
                     session_id=session, title=f"renamed {self.rng.random():.3f}")])
-            elif r < 0.90:
+            elif r < 0.88:
                 session = self.rng.choice(list(self.sessions))
                 self._append(ev.session_stream(session),
                              [ev.SessionArchived(session_id=session)])
+            elif r < 0.90:  # issue 17 (a later user message unarchives too)
+                session = self.rng.choice(list(self.sessions))
+                self._append(ev.session_stream(session),
+                             [ev.SessionUnarchived(session_id=session)])
             elif r < 0.93:
                 session = self.rng.choice(list(self.sessions))
                 self._append(ev.session_stream(session), [ev.AssistantReplyFailed(
@@ -175,6 +179,24 @@ class Workload:
                     content=f"text {self.rng.random():.6f} " * self.rng.randint(1, 30),
                     turn_id=turn))
         self._append(ev.session_stream(session), events)
+
+    def reorganize(self, session: uuid.UUID) -> None:
+        """Issue 17: the session moved to another project of its owner (when there is one,
+        else one made for it), that project renamed, the session renamed and posted to."""
+        owner = self.sessions[session]
+        mine = [p for p, o in self.projects.items() if o == owner]
+        project = mine[0] if mine else self._u()
+        if not mine:
+            self._append(ev.project_stream(project), [ev.ProjectCreated(
+                project_id=project, owner_id=owner, title="p")], "project", owner)
+            self.projects[project] = owner
+        self._append(ev.session_stream(session),
+                     [ev.SessionMoved(session_id=session, project_id=project)])
+        self._append(ev.project_stream(project), [ev.ProjectRenamed(
+            project_id=project, title=f"project {self.rng.random():.3f}",
+            description=self.rng.choice([None, "about it"]))])
+        self._append(ev.session_stream(session),
+                     [ev.SessionRenamed(session_id=session, title="moved")])
 
     def delete(self) -> None:
         session = self.rng.choice(list(self.sessions))
@@ -534,6 +556,15 @@ def test_the_bulk_build_equals_the_live_projection_on_random_events(
         work.sessions[session] = owner
         work.open_turns[session] = []
     work.run(800)
+    with conn.transaction():  # issue 17: moves and project renames, then posts
+        for session in list(work.sessions)[3:9]:
+            work.reorganize(session)
+    for _ in range(20):
+        with conn.transaction():
+            work.post()
+    with conn.transaction():  # user messages unarchive: some sessions end archived for sure
+        for session in list(work.sessions)[:3]:
+            work._append(ev.session_stream(session), [ev.SessionArchived(session_id=session)])
     # the rebuild copies the legacy turns before either side links them
     replay.prepare(conn, replay.READ_MODEL)
 

@@ -134,6 +134,8 @@ NO_OBJECT_IN_PATH = {
     ("GET", "/api/v1/users/me"): "the caller's own profile: checked below",
     ("PATCH", "/api/v1/users/me"): "the caller's own profile (test_accounts.py)",
     ("DELETE", "/api/v1/users/me"): "the caller's own account (test_accounts.py)",
+    ("GET", "/api/v1/projects"): "the caller's own projects (tests/integration/test_organize.py)",
+    ("POST", "/api/v1/projects"): "creates a project of the caller's own",
     ("GET", "/healthz"): "public probe",
     ("GET", "/readyz"): "public probe",
     ("GET", "/metrics"): "public to the scraper, no user data",
@@ -187,6 +189,9 @@ def test_another_users_ids_answer_404_on_every_route_and_change_nothing(
     plain: System, owned: dict[str, Any]
 ) -> None:
     intruder = register(plain.command, display_name="Intruder")
+    intruder_project = httpx.post(f"{plain.command}/api/v1/projects", json={"title": "mine"},
+                                  headers={"X-User-ID": intruder},
+                                  timeout=TIMEOUT).json()["project_id"]
     session_id = owned["accepted"]["session_id"]
     missing = str(uuid.uuid4())
     swept, unlisted = [], []
@@ -197,12 +202,16 @@ def test_another_users_ids_answer_404_on_every_route_and_change_nothing(
             continue
         if (method, path) in OWN_OBJECT_CHECKS:
             continue
-        assert path.count("{") == 1 and "{session_id}" in path, (
+        assert path.count("{") == 1 and ("{session_id}" in path or "{project_id}" in path), (
             f"{method} {path}: a new kind of path parameter needs its own BOLA check")
-        body = {"title": "taken over"} if method == "PUT" else None
+        body: dict[str, str] | None = {"title": "taken over"} if method == "PUT" else None
+        if path.endswith("/move"):  # into the intruder's own project: still the session 404
+            body = {"project_id": intruder_project}
+        owned_id = session_id if "{session_id}" in path else owned["accepted"]["project_id"]
         answers = []
-        for target in (session_id, missing):
-            response = httpx.request(method, base + path.format(session_id=target), json=body,
+        for target in (owned_id, missing):
+            response = httpx.request(method, base + path.format(session_id=target,
+                                                                project_id=target), json=body,
                                      headers={"X-User-ID": intruder}, timeout=TIMEOUT)
             answers.append((response.status_code, response.json()["error"]))
         # another user's session is exactly a session that does not exist
@@ -236,7 +245,8 @@ def test_a_missing_malformed_or_unknown_caller_is_refused_everywhere(plain: Syst
         if (method, path) in NO_OBJECT_IN_PATH and path != "/api/v1/sessions" \
                 and path != "/api/v1/users/me" and path != "/api/v1/chat":
             continue
-        url = base + path.format(session_id=uuid.uuid4(), token_id=uuid.uuid4())
+        url = base + path.format(session_id=uuid.uuid4(), token_id=uuid.uuid4(),
+                                 project_id=uuid.uuid4())
         for headers, status in (({}, 401), ({"X-User-ID": "not-a-uuid"}, 400),
                                 ({"X-User-ID": "x" * 10_000}, 400),
                                 ({"X-User-ID": str(uuid.uuid4())}, 401)):
@@ -407,7 +417,8 @@ def test_services_refuse_requests_that_bypass_the_gateway(signed: System) -> Non
     user = register(signed.gateway)  # signup needs no token
     # straight to the services: every documented route but the probes and docs is 401
     for base, method, path in operations(signed):
-        url = base + path.format(session_id=uuid.uuid4(), token_id=uuid.uuid4())
+        url = base + path.format(session_id=uuid.uuid4(), token_id=uuid.uuid4(),
+                                 project_id=uuid.uuid4())
         response = httpx.request(method, url, headers={"X-User-ID": user}, timeout=TIMEOUT,
                                  json={} if method in ("POST", "PUT") else None)
         if path in ("/healthz", "/readyz", "/metrics"):

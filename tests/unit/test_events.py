@@ -46,6 +46,10 @@ EXAMPLES: list[Event] = [
     ev.AssistantReplyFailed(
         session_id=U3, turn_id=U2, reply_to=U4, error="timeout", metadata={"provider": "x"}
     ),
+    # issue 17
+    ev.SessionUnarchived(session_id=U3),
+    ev.ProjectRenamed(project_id=U2, title="Stories", description="ghosts"),
+    ev.SessionMoved(session_id=U3, project_id=U2),
 ]
 
 

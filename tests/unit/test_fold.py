@@ -86,3 +86,83 @@ def test_a_refused_event_changes_nothing() -> None:
     (changes,) = fold.rounds()
     assert len(changes.messages[session]) == 1
     assert known.sessions[session].last_seq == 6
+
+
+# --- issue 17: archive --------------------------------------------------------------------
+
+
+def test_archive_and_unarchive_set_is_active() -> None:
+    known, _user, session = session_known()
+    fold = ReadModelFold(known)
+    fold.apply(ev.SessionArchived(session_id=session), at(1))
+    (changes,) = fold.rounds()
+    assert changes.sessions_updated[session] == [session, "t", False, at(1)]
+    fold = ReadModelFold(known)
+    fold.apply(ev.SessionUnarchived(session_id=session), at(2))
+    (changes,) = fold.rounds()
+    assert changes.sessions_updated[session] == [session, "t", True, at(2)]
+
+
+def test_a_user_message_to_an_archived_session_unarchives_it() -> None:
+    known, user, session = session_known()
+    known.sessions[session].is_active = False
+    fold = ReadModelFold(known)
+    fold.apply(message(session, user, role="assistant"), at(1))
+    assert not fold.rounds()[0].sessions_updated  # an assistant reply leaves it archived
+    fold = ReadModelFold(known)
+    fold.apply(message(session, user), at(2))
+    (changes,) = fold.rounds()
+    assert changes.sessions_updated[session][2] is True
+    assert known.sessions[session].is_active
+
+
+def test_archiving_and_posting_in_one_round_leave_the_session_active() -> None:
+    known, user, session = session_known()
+    fold = ReadModelFold(known)
+    fold.apply(ev.SessionArchived(session_id=session), at(1))
+    fold.apply(message(session, user), at(2))
+    (changes,) = fold.rounds()
+    assert changes.sessions_updated[session][2] is True
+
+
+# --- issue 17: projects -------------------------------------------------------------------
+
+
+def test_a_moved_session_gets_the_new_project_and_an_unknown_project_refuses_the_move() -> None:
+    known, user, session = session_known()
+    target = uuid.uuid4()
+    known.projects.add(target)
+    fold = ReadModelFold(known)
+    assert fold.apply(ev.SessionMoved(session_id=session, project_id=uuid.uuid4()), at(1))
+    assert fold.apply(ev.SessionMoved(session_id=session, project_id=target), at(2)) is None
+    fold.apply(message(session, user, uuid.uuid4()), at(3))
+    (changes,) = fold.rounds()
+    assert changes.sessions_moved[session] == [session, target, at(2)]
+    assert next(iter(changes.turns_new.values()))[1] == target  # new turns: the new project
+
+
+def test_a_rename_after_a_move_of_the_same_session_starts_a_new_round() -> None:
+    """Moves are written after the round's session updates: a later rename must follow."""
+    known, _user, session = session_known()
+    target = uuid.uuid4()
+    known.projects.add(target)
+    fold = ReadModelFold(known)
+    fold.apply(ev.SessionMoved(session_id=session, project_id=target), at(1))
+    fold.apply(ev.SessionRenamed(session_id=session, title="new"), at(2))
+    first, second = fold.rounds()
+    assert session in first.sessions_moved and session in second.sessions_updated
+
+
+def test_a_project_renamed_in_the_round_it_was_created_is_inserted_renamed() -> None:
+    user, project = uuid.uuid4(), uuid.uuid4()
+    fold = ReadModelFold(Known(users={user: [user, None, None, None]}))
+    fold.apply(ev.ProjectCreated(project_id=project, owner_id=user, title="a",
+                                 description="d"), at(1))
+    fold.apply(ev.ProjectRenamed(project_id=project, title="b"), at(2))
+    (changes,) = fold.rounds()
+    assert changes.dossier_new == [[project, "b", at(1), at(2), "d"]]
+    fold = ReadModelFold(Known(projects={project}))
+    fold.apply(ev.ProjectRenamed(project_id=project, title="c", description="e"), at(3))
+    fold.apply(ev.ProjectRenamed(project_id=project, title="f"), at(4))
+    (changes,) = fold.rounds()
+    assert changes.projects_updated[project] == [project, "f", "e", at(4)]
