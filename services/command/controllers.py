@@ -157,12 +157,6 @@ class SessionController(Controller):
         except (RedisError, OSError):  # stored already; the relay expires by itself
             log.warning("live_relay_not_removed", session_id=str(session_id), exc_info=True)
 
-
-def legacy_headers(settings: Settings) -> dict[str, str]:
-    """RFC 9745 Deprecation, RFC 8594 Sunset, and where to go instead."""
-    return {"Deprecation": "true", "Sunset": settings.legacy_chat_sunset,
-            "Link": '</api/v1/chat>; rel="successor-version"'}
-
     @post("/archive", operation_id="archiveSession", status_code=204,
           responses=error_responses(400, 401, 404, 409))
     async def archive_session(
@@ -187,7 +181,6 @@ def legacy_headers(settings: Settings) -> dict[str, str]:
     ) -> None:
         """Makes an archived session active again (a no-op for an active one)."""
         await sessions.set_archived(pool, wake, caller, session_id, archived=False)
-
 
     @post("/move", operation_id="moveSession", status_code=200,
           responses=error_responses(400, 401, 404, 409, 413))
@@ -233,6 +226,12 @@ class ProjectController(Controller):
     ) -> projects.ProjectInfo:
         """Renames a project (a description, when given, replaces the old one)."""
         return await projects.rename_project(pool, wake, caller, project_id, data)
+
+
+def legacy_headers(settings: Settings) -> dict[str, str]:
+    """RFC 9745 Deprecation, RFC 8594 Sunset, and where to go instead."""
+    return {"Deprecation": "true", "Sunset": settings.legacy_chat_sunset,
+            "Link": '</api/v1/chat>; rel="successor-version"'}
 
 
 class LegacyChatController(Controller):
