@@ -147,7 +147,7 @@ class ProjectsController(Controller):
     security = CALLER_SECURITY
     response_headers = (LAG_RESPONSE_HEADER,)
 
-    @get("/", operation_id="listProjects", responses=error_responses(400, 401))
+    @get("/", operation_id="listProjects", responses=error_responses(400, 401, 409))
     async def list_projects(
         self,
         reader: NamedDependency[Reader],
