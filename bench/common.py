@@ -29,6 +29,10 @@ from services.core.migrate import migrate
 
 SERVER_URL = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+# Benchmarks measure throughput, not the abuse defences (tests/integration/test_abuse.py
+# sends those attacks): one load generator on one IP would otherwise meet the per-IP rate
+# limit and the one-reply-per-session admission at once.
+NO_ABUSE_LIMITS = {"RATE_LIMIT_ENABLED": "false", "REPLY_SLOTS_ENABLED": "false"}
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 

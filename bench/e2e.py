@@ -44,6 +44,7 @@ import psycopg
 import redis
 
 from bench.common import (
+    NO_ABUSE_LIMITS,
     REDIS_URL,
     cli,
     finish,
@@ -78,6 +79,7 @@ def system(database_url: str, logdir: Path) -> Iterator[tuple[str, str]]:
     prefix = f"bench-{uuid.uuid4().hex[:8]}:"
     env = {
         **os.environ,
+        **NO_ABUSE_LIMITS,
         "DATABASE_URL": database_url,
         "REDIS_URL": REDIS_URL,
         "REDIS_PREFIX": prefix,

@@ -38,6 +38,7 @@ from litestar import Litestar, get
 from litestar.datastructures import State
 
 from bench.common import (
+    NO_ABUSE_LIMITS,
     REDIS_URL,
     cli,
     finish,
@@ -196,6 +197,7 @@ def system(database_url: str, logdir: Path) -> Iterator[tuple[str, str]]:
     query_port, gateway_port = free_port(), free_port()
     env = {
         **os.environ,
+        **NO_ABUSE_LIMITS,
         "DATABASE_URL": database_url,
         "REDIS_URL": REDIS_URL,
         "REDIS_PREFIX": f"bench-{uuid.uuid4().hex[:8]}:",
